@@ -1,0 +1,1 @@
+//! cgroup management (filled by the cgroups work).

@@ -1,0 +1,1 @@
+//! CNI runtime: the agent as a CNI caller (filled by the CNI runtime work).

@@ -1,0 +1,9 @@
+//! keelson-agent: the node daemon.
+//!
+//! Layout follows the "pure core, thin effects" rule: `pod::step` decides, the executor in
+//! `manager` performs effects through trait seams (`runtime::ContainerRuntime`, `cgroups::Cgroups`,
+//! `cni` plugin execution), each with a real implementation and a fake behind `test-helpers`.
+
+pub mod cgroups;
+pub mod cni;
+pub mod netns;

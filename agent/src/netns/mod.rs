@@ -1,0 +1,1 @@
+//! Pod network namespaces (filled by the netns work).

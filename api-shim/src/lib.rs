@@ -1,0 +1,1 @@
+//! keelson-api-shim (being built).

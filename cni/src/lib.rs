@@ -1,0 +1,1 @@
+//! keelson-cni (being built).

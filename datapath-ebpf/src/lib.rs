@@ -1,0 +1,1 @@
+//! keelson-datapath (being built).

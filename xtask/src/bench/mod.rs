@@ -1,0 +1,19 @@
+//! `cargo xtask bench <name>`: each benchmark prints its figures next to a baseline measured in
+//! the same run, as a ratio. Benchmarks never assert timings; they report.
+
+use clap::Args;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Which benchmark: pod-start
+    pub name: String,
+    /// Extra arguments passed to the benchmark.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub rest: Vec<String>,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.name.as_str() {
+        other => anyhow::bail!("unknown benchmark {other:?}"),
+    }
+}

@@ -1,0 +1,44 @@
+//! `cargo xtask ci`: the README's test command. Static checks and unit tests first (cheap, no
+//! root), then the artifacts the integration tests need, then the privileged integration tests.
+
+use crate::util::{cargo, is_root, sh};
+use anyhow::bail;
+use clap::Args;
+
+#[derive(Args)]
+pub struct CiArgs {
+    /// Only fmt, clippy and unit tests (no root needed).
+    #[arg(long)]
+    pub unit_only: bool,
+    /// Filter passed to the integration test run (e.g. a test name substring).
+    #[arg(long)]
+    pub filter: Option<String>,
+}
+
+pub fn run_ci(args: CiArgs) -> anyhow::Result<()> {
+    sh(cargo().args(["fmt", "--all", "--check"]))?;
+    sh(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    sh(cargo().args(["test", "--workspace", "--exclude", "keelson-tests"]))?;
+    if args.unit_only {
+        println!("ci: unit stage passed (integration skipped by --unit-only)");
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("the integration stage needs root (namespaces, cgroups, containerd); rerun as root or pass --unit-only");
+    }
+    // Artifacts the integration tests spawn: workspace binaries and OCI image archives.
+    sh(cargo().args(["build", "--workspace", "--bins"]))?;
+    crate::images::run()?;
+    let mut t = cargo();
+    t.args(["test", "-p", "keelson-tests", "--", "--test-threads=2"]);
+    if let Some(f) = &args.filter {
+        t.arg(f);
+    }
+    sh(&mut t)?;
+    println!("ci: all stages passed");
+    Ok(())
+}
+
+pub fn run(args: CiArgs) -> anyhow::Result<()> {
+    run_ci(args)
+}
