@@ -1,1 +1,11 @@
-//! keelson-datapath (being built).
+//! keelson's service datapath.
+//!
+//! [`model`] turns Services + EndpointSlices into a [`model::ServiceTable`] (pure, unit-tested);
+//! backends render that one table into kernel state. Keeping the Kubernetes semantics in one pure
+//! place is what lets both backends behave identically.
+
+pub mod model;
+
+pub use model::{
+    Backend, Change, Frontend, FrontendAddr, FrontendKey, FrontendKind, ModelConfig, NodeInfo, Protocol, ServiceTable,
+};
