@@ -5,6 +5,7 @@
 //! place is what lets both backends behave identically.
 
 pub mod model;
+pub mod nft;
 
 pub use model::{
     Backend, Change, Frontend, FrontendAddr, FrontendKey, FrontendKind, ModelConfig, NodeInfo, Protocol, ServiceTable,

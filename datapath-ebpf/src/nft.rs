@@ -1,0 +1,483 @@
+//! The nftables backend: renders a [`ServiceTable`] into one owned `ip` table, kube-proxy-nftables
+//! style in behaviour, but laid out so that loading 10k services stays fast.
+//!
+//! Layout (everything lives in table `ip <name>`, default `keelson`; nothing else is touched):
+//! - `service-ips`: named verdict map `ip daddr . meta l4proto . th dport → goto fe-…`;
+//! - `service-nodeports`: named verdict map `meta l4proto . th dport → goto fe-…`, consulted only when
+//!   `fib daddr type local` (NodePorts answer on every local address);
+//! - one chain `fe-<hash>` per frontend: masquerade marking for external Cluster-policy traffic,
+//!   affinity lookups, then a **probability cascade** `numgen random mod (N-i) == 0 goto ep-…` (uniform:
+//!   backend i is taken with 1/(N-i) of what is left), or `drop` when the frontend has no backend;
+//! - one chain `ep-<hash>` per (frontend, backend): hairpin masquerade mark, affinity update, DNAT.
+//!
+//! Why no `numgen … vmap { … }`: every such rule creates an anonymous set, and the kernel's cost of
+//! adding a set grows with the number of sets already in the table (measured: 24 s for 10k services,
+//! versus ~1 s for the same number of chains without sets). The cascade uses only plain compare
+//! expressions, so a full load is linear and adding a service touches one map element and a few
+//! chains. Affinity still uses named dynamic sets with timeouts, but only for ClientIP services.
+//!
+//! Changes are applied as one atomic `nft -j -f` transaction per sync; a failed transaction leaves
+//! the previous table intact and forces a full resync (delete + recreate the table in one
+//! transaction) on the next sync.
+
+use crate::model::{Backend, Change, Frontend, FrontendAddr, FrontendKey, ServiceTable};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+
+/// Packet mark bit that asks the postrouting chain to masquerade (kube-proxy uses the same bit).
+pub const MASQ_MARK: u32 = 0x4000;
+/// Default owned table name.
+pub const DEFAULT_TABLE: &str = "keelson";
+
+/// Errors of the nftables backend.
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("nft transaction failed (table {table}, {commands} commands): {reason}")]
+    Apply { table: String, commands: usize, reason: String },
+    #[error("nft query of table {table} failed: {reason}")]
+    Query { table: String, reason: String },
+    #[error("fake nft rejected the transaction: {0}")]
+    Fake(String),
+}
+
+/// The seam to the kernel: apply one atomic batch of nft JSON commands, and tell whether the table
+/// still exists (tamper detection).
+pub trait NftBackend {
+    fn apply(&mut self, table: &str, commands: &[Value]) -> Result<(), NftError>;
+    fn table_exists(&mut self, table: &str) -> Result<bool, NftError>;
+}
+
+/// Runs the real `nft` binary (through the `nftables` crate), optionally inside a network namespace
+/// given by path (`nsenter --net=<path> nft …`), so tests never touch the host's ruleset.
+#[derive(Clone, Debug, Default)]
+pub struct NftCli {
+    pub netns: Option<PathBuf>,
+}
+
+impl NftCli {
+    fn program_and_args(&self) -> (String, Vec<String>) {
+        match &self.netns {
+            Some(p) => ("nsenter".into(), vec![format!("--net={}", p.display()), "--".into(), "nft".into()]),
+            None => ("nft".into(), vec![]),
+        }
+    }
+}
+
+impl NftBackend for NftCli {
+    fn apply(&mut self, table: &str, commands: &[Value]) -> Result<(), NftError> {
+        let payload = json!({ "nftables": commands }).to_string();
+        let (prog, args) = self.program_and_args();
+        nftables::helper::apply_ruleset_raw(&payload, Some(prog.as_str()), args.iter().map(String::as_str))
+            .map(|_| ())
+            .map_err(|source| NftError::Apply {
+                table: table.into(),
+                commands: commands.len(),
+                source: Box::new(source),
+            })
+    }
+
+    fn table_exists(&mut self, table: &str) -> Result<bool, NftError> {
+        // Listing one fixed small chain is O(1) in the table size, unlike listing the table.
+        let (prog, mut args) = self.program_and_args();
+        args.extend(["list", "chain", "ip", table, "services"].map(String::from));
+        let out = std::process::Command::new(&prog)
+            .args(&args)
+            .output()
+            .map_err(|e| NftError::Query { table: table.into(), reason: format!("spawn {prog}: {e}") })?;
+        if out.status.success() {
+            return Ok(true);
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("No such file or directory") {
+            Ok(false)
+        } else {
+            Err(NftError::Query { table: table.into(), reason: err.trim().to_string() })
+        }
+    }
+}
+
+fn hash12(s: &str) -> String {
+    let d = Sha256::digest(s.as_bytes());
+    hex::encode(&d[..6])
+}
+
+/// Chain name of a frontend (stable: derived from the key only).
+pub fn frontend_chain(key: &FrontendKey) -> String {
+    format!("fe-{}", hash12(&format!("fe|{key}")))
+}
+
+/// Chain name of one backend of a frontend.
+pub fn endpoint_chain(key: &FrontendKey, b: &Backend) -> String {
+    format!("ep-{}", hash12(&format!("ep|{key}|{}:{}", b.ip, b.port)))
+}
+
+/// Affinity set name of one backend of a frontend.
+pub fn affinity_set(key: &FrontendKey, b: &Backend) -> String {
+    format!("af-{}", hash12(&format!("af|{key}|{}:{}", b.ip, b.port)))
+}
+
+/// Builds nft JSON commands for one table.
+#[derive(Clone, Debug)]
+pub struct Renderer {
+    pub table: String,
+}
+
+impl Default for Renderer {
+    fn default() -> Self {
+        Renderer { table: DEFAULT_TABLE.into() }
+    }
+}
+
+fn payload(proto: &str, field: &str) -> Value {
+    json!({"payload": {"protocol": proto, "field": field}})
+}
+fn meta(key: &str) -> Value {
+    json!({"meta": {"key": key}})
+}
+fn eq(left: Value, right: Value) -> Value {
+    json!({"match": {"op": "==", "left": left, "right": right}})
+}
+fn goto(target: &str) -> Value {
+    json!({"goto": {"target": target}})
+}
+fn jump(target: &str) -> Value {
+    json!({"jump": {"target": target}})
+}
+
+impl Renderer {
+    fn obj(&self, extra: Value) -> Value {
+        let mut o = json!({"family": "ip", "table": self.table});
+        if let (Some(m), Some(e)) = (o.as_object_mut(), extra.as_object()) {
+            m.extend(e.clone());
+        }
+        o
+    }
+    fn add_chain(&self, name: &str) -> Value {
+        json!({"add": {"chain": self.obj(json!({"name": name}))}})
+    }
+    fn base_chain(&self, name: &str, ty: &str, hook: &str, prio: i32) -> Value {
+        json!({"add": {"chain": self.obj(json!({"name": name, "type": ty, "hook": hook, "prio": prio, "policy": "accept"}))}})
+    }
+    fn rule(&self, chain: &str, expr: Vec<Value>) -> Value {
+        json!({"add": {"rule": self.obj(json!({"chain": chain, "expr": expr}))}})
+    }
+    fn flush_chain(&self, name: &str) -> Value {
+        json!({"flush": {"chain": self.obj(json!({"name": name}))}})
+    }
+    fn delete_chain(&self, name: &str) -> Value {
+        json!({"delete": {"chain": self.obj(json!({"name": name}))}})
+    }
+
+    /// The fixed skeleton: table, base chains, dispatch maps, masquerade plumbing.
+    pub fn skeleton(&self) -> Vec<Value> {
+        let masq = json!({"|": [meta("mark"), MASQ_MARK]});
+        vec![
+            json!({"add": {"table": {"family": "ip", "name": self.table}}}),
+            json!({"add": {"map": self.obj(json!({"name": "service-ips",
+                "type": ["ipv4_addr", "inet_proto", "inet_service"], "map": "verdict"}))}}),
+            json!({"add": {"map": self.obj(json!({"name": "service-nodeports",
+                "type": ["inet_proto", "inet_service"], "map": "verdict"}))}}),
+            self.add_chain("services"),
+            self.add_chain("mark-for-masquerade"),
+            self.add_chain("masquerading"),
+            self.base_chain("nat-prerouting", "nat", "prerouting", -100),
+            self.base_chain("nat-output", "nat", "output", -100),
+            self.base_chain("nat-postrouting", "nat", "postrouting", 100),
+            self.rule("nat-prerouting", vec![jump("services")]),
+            self.rule("nat-output", vec![jump("services")]),
+            self.rule("nat-postrouting", vec![jump("masquerading")]),
+            self.rule(
+                "services",
+                vec![json!({"vmap": {"key": {"concat": [payload("ip", "daddr"), meta("l4proto"), payload("th", "dport")]},
+                    "data": "@service-ips"}})],
+            ),
+            self.rule(
+                "services",
+                vec![
+                    eq(json!({"fib": {"result": "type", "flags": ["daddr"]}}), json!("local")),
+                    json!({"vmap": {"key": {"concat": [meta("l4proto"), payload("th", "dport")]},
+                        "data": "@service-nodeports"}}),
+                ],
+            ),
+            self.rule("mark-for-masquerade", vec![json!({"mangle": {"key": meta("mark"), "value": masq}})]),
+            self.rule(
+                "masquerading",
+                vec![eq(json!({"&": [meta("mark"), MASQ_MARK]}), json!(0)), json!({"return": null})],
+            ),
+            self.rule(
+                "masquerading",
+                vec![json!({"mangle": {"key": meta("mark"), "value": {"^": [meta("mark"), MASQ_MARK]}}})],
+            ),
+            self.rule("masquerading", vec![json!({"masquerade": {"flags": ["fully-random"]}})]),
+        ]
+    }
+
+    fn map_element(key: &FrontendKey) -> (&'static str, Value) {
+        match key.addr {
+            FrontendAddr::Ip(ip) => ("service-ips", json!({"concat": [ip.to_string(), key.proto.name(), key.port]})),
+            FrontendAddr::NodePort => ("service-nodeports", json!({"concat": [key.proto.name(), key.port]})),
+        }
+    }
+
+    /// Commands creating a frontend that does not exist yet (chains, sets, rules, map element).
+    pub fn add_frontend(&self, key: &FrontendKey, fe: &Frontend) -> Vec<Value> {
+        let mut out = Vec::new();
+        for b in &fe.backends {
+            out.extend(self.add_endpoint(key, fe, b));
+        }
+        let chain = frontend_chain(key);
+        out.push(self.add_chain(&chain));
+        out.extend(self.frontend_rules(key, fe));
+        let (map, elem) = Self::map_element(key);
+        out.push(json!({"add": {"element": self.obj(json!({"name": map, "elem": [[elem, goto(&chain)]]}))}}));
+        out
+    }
+
+    fn add_endpoint(&self, key: &FrontendKey, fe: &Frontend, b: &Backend) -> Vec<Value> {
+        let mut out = Vec::new();
+        if let Some(t) = fe.affinity_timeout_s {
+            out.push(json!({"add": {"set": self.obj(json!({"name": affinity_set(key, b), "type": "ipv4_addr",
+                "flags": ["timeout"], "timeout": t}))}}));
+        }
+        let chain = endpoint_chain(key, b);
+        out.push(self.add_chain(&chain));
+        out.extend(self.endpoint_rules(key, fe, b));
+        out
+    }
+
+    fn endpoint_rules(&self, key: &FrontendKey, fe: &Frontend, b: &Backend) -> Vec<Value> {
+        let chain = endpoint_chain(key, b);
+        let mut out = vec![
+            // Hairpin: a backend reaching itself through the service must see the node as source.
+            self.rule(&chain, vec![eq(payload("ip", "saddr"), json!(b.ip.to_string())), jump("mark-for-masquerade")]),
+        ];
+        if fe.affinity_timeout_s.is_some() {
+            let set = format!("@{}", affinity_set(key, b));
+            out.push(
+                self.rule(&chain, vec![json!({"set": {"op": "update", "elem": payload("ip", "saddr"), "set": set}})]),
+            );
+        }
+        out.push(self.rule(
+            &chain,
+            vec![
+                eq(meta("l4proto"), json!(key.proto.name())),
+                json!({"dnat": {"addr": b.ip.to_string(), "port": b.port}}),
+            ],
+        ));
+        out
+    }
+
+    fn frontend_rules(&self, key: &FrontendKey, fe: &Frontend) -> Vec<Value> {
+        let chain = frontend_chain(key);
+        let mut out = Vec::new();
+        if fe.masquerade_external {
+            out.push(self.rule(&chain, vec![jump("mark-for-masquerade")]));
+        }
+        if fe.backends.is_empty() {
+            out.push(self.rule(&chain, vec![json!({"drop": null})]));
+            return out;
+        }
+        if fe.affinity_timeout_s.is_some() {
+            for b in &fe.backends {
+                let set = format!("@{}", affinity_set(key, b));
+                out.push(
+                    self.rule(&chain, vec![eq(payload("ip", "saddr"), json!(set)), goto(&endpoint_chain(key, b))]),
+                );
+            }
+        }
+        let n = fe.backends.len();
+        for (i, b) in fe.backends.iter().enumerate() {
+            let target = endpoint_chain(key, b);
+            if i + 1 == n {
+                out.push(self.rule(&chain, vec![goto(&target)]));
+            } else {
+                let ng = json!({"numgen": {"mode": "random", "mod": (n - i) as u32, "offset": 0}});
+                out.push(self.rule(&chain, vec![eq(ng, json!(0)), goto(&target)]));
+            }
+        }
+        out
+    }
+
+    fn remove_endpoint(&self, key: &FrontendKey, fe: &Frontend, b: &Backend) -> Vec<Value> {
+        let chain = endpoint_chain(key, b);
+        let mut out = vec![self.flush_chain(&chain), self.delete_chain(&chain)];
+        if fe.affinity_timeout_s.is_some() {
+            out.push(json!({"delete": {"set": self.obj(json!({"name": affinity_set(key, b)}))}}));
+        }
+        out
+    }
+
+    /// Commands removing an existing frontend (`old` is what was applied).
+    pub fn remove_frontend(&self, key: &FrontendKey, old: &Frontend) -> Vec<Value> {
+        let (map, elem) = Self::map_element(key);
+        let chain = frontend_chain(key);
+        let mut out = vec![
+            json!({"delete": {"element": self.obj(json!({"name": map, "elem": [elem]}))}}),
+            self.flush_chain(&chain),
+            self.delete_chain(&chain),
+        ];
+        for b in &old.backends {
+            out.extend(self.remove_endpoint(key, old, b));
+        }
+        out
+    }
+
+    /// Commands turning applied frontend `old` into `new` in place: the frontend chain is rewritten,
+    /// endpoint chains are added/removed/rewritten; the map element stays.
+    pub fn update_frontend(&self, key: &FrontendKey, old: &Frontend, new: &Frontend) -> Vec<Value> {
+        let chain = frontend_chain(key);
+        let affinity_changed = old.affinity_timeout_s != new.affinity_timeout_s;
+        let mut out = vec![self.flush_chain(&chain)];
+        // Endpoint chains unchanged in identity are rewritten unless nothing about them changed.
+        let id = |b: &Backend| (b.ip, b.port);
+        for b in &new.backends {
+            let existed = old.backends.iter().any(|o| id(o) == id(b));
+            if !existed || affinity_changed {
+                if existed {
+                    out.extend(self.remove_endpoint(key, old, b));
+                }
+                out.extend(self.add_endpoint(key, new, b));
+            }
+        }
+        out.extend(self.frontend_rules(key, new));
+        for b in &old.backends {
+            if !new.backends.iter().any(|n| id(n) == id(b)) {
+                out.extend(self.remove_endpoint(key, old, b));
+            }
+        }
+        out
+    }
+
+    /// A full, atomic resync: recreate the table from scratch in one transaction. (`add table`
+    /// first so that `delete table` cannot fail when it is missing.)
+    pub fn full(&self, table: &ServiceTable) -> Vec<Value> {
+        let mut out = vec![
+            json!({"add": {"table": {"family": "ip", "name": self.table}}}),
+            json!({"delete": {"table": {"family": "ip", "name": self.table}}}),
+        ];
+        out.extend(self.skeleton());
+        for (k, fe) in &table.frontends {
+            out.extend(self.add_frontend(k, fe));
+        }
+        out
+    }
+
+    /// Incremental commands for `changes` computed against `applied`.
+    pub fn incremental(&self, applied: &ServiceTable, changes: &[Change]) -> Vec<Value> {
+        let mut out = Vec::new();
+        for c in changes {
+            match c {
+                Change::Upsert(k, fe) => match applied.frontends.get(k) {
+                    Some(old) => out.extend(self.update_frontend(k, old, fe)),
+                    None => out.extend(self.add_frontend(k, fe)),
+                },
+                Change::Remove(k) => {
+                    if let Some(old) = applied.frontends.get(k) {
+                        out.extend(self.remove_frontend(k, old));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What one sync did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncReport {
+    pub full: bool,
+    pub commands: usize,
+    pub changes: usize,
+}
+
+/// Level-triggered driver: remembers the last applied table, applies diffs, falls back to a full
+/// resync after any failure or when the table was tampered with.
+pub struct NftProxier<B: NftBackend> {
+    backend: B,
+    renderer: Renderer,
+    applied: ServiceTable,
+    need_full: bool,
+}
+
+impl<B: NftBackend> NftProxier<B> {
+    /// A proxier that starts with a full sync (it adopts the table by atomically replacing it:
+    /// established connections keep their conntrack NAT state).
+    pub fn new(backend: B, table: &str) -> Self {
+        NftProxier {
+            backend,
+            renderer: Renderer { table: table.into() },
+            applied: ServiceTable::default(),
+            need_full: true,
+        }
+    }
+
+    pub fn backend(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    /// The table as last applied successfully.
+    pub fn applied(&self) -> &ServiceTable {
+        &self.applied
+    }
+
+    /// Converges the kernel to `desired`.
+    pub fn sync(&mut self, desired: &ServiceTable) -> Result<SyncReport, NftError> {
+        if self.need_full {
+            let cmds = self.renderer.full(desired);
+            let n = cmds.len();
+            self.backend.apply(&self.renderer.table, &cmds)?;
+            self.applied = desired.clone();
+            self.need_full = false;
+            tracing::info!(table = %self.renderer.table, frontends = desired.frontends.len(), commands = n, "nft full sync");
+            return Ok(SyncReport { full: true, commands: n, changes: desired.frontends.len() });
+        }
+        let changes = ServiceTable::diff(&self.applied, desired);
+        if changes.is_empty() {
+            return Ok(SyncReport { full: false, commands: 0, changes: 0 });
+        }
+        let cmds = self.renderer.incremental(&self.applied, &changes);
+        let n = cmds.len();
+        if let Err(e) = self.backend.apply(&self.renderer.table, &cmds) {
+            tracing::warn!(error = %e, "nft incremental sync failed; next sync is a full resync");
+            self.need_full = true;
+            return Err(e);
+        }
+        self.applied = desired.clone();
+        tracing::debug!(changes = changes.len(), commands = n, "nft incremental sync");
+        Ok(SyncReport { full: false, commands: n, changes: changes.len() })
+    }
+
+    /// Periodic tamper check: a missing table (or an error asking) forces the next sync to be full.
+    /// Returns whether a repair is needed.
+    pub fn check(&mut self) -> bool {
+        match self.backend.table_exists(&self.renderer.table) {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(table = %self.renderer.table, "nft table missing; scheduling full resync");
+                self.need_full = true;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "nft table check failed; scheduling full resync");
+                self.need_full = true;
+            }
+        }
+        self.need_full
+    }
+
+    /// Removes the owned table (shutdown without leaving state behind).
+    pub fn cleanup(&mut self) -> Result<(), NftError> {
+        let t = json!({"family": "ip", "name": self.renderer.table});
+        self.backend.apply(&self.renderer.table, &[json!({"add": {"table": t}}), json!({"delete": {"table": t}})])
+    }
+}
+
+#[cfg(any(test, feature = "test-helpers"))]
+pub use fake::FakeNft;
+
+#[cfg(any(test, feature = "test-helpers"))]
+mod fake;
+
+#[cfg(test)]
+#[path = "nft_tests.rs"]
+mod tests;
