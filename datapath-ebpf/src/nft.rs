@@ -70,10 +70,13 @@ impl NftBackend for NftCli {
         let (prog, args) = self.program_and_args();
         nftables::helper::apply_ruleset_raw(&payload, Some(prog.as_str()), args.iter().map(String::as_str))
             .map(|_| ())
-            .map_err(|source| NftError::Apply {
-                table: table.into(),
-                commands: commands.len(),
-                source: Box::new(source),
+            .map_err(|e| {
+                // The crate's Display omits nft's stderr, which is the useful part.
+                let reason = match e {
+                    nftables::helper::NftablesError::NftFailed { stderr, .. } => stderr.trim().to_string(),
+                    other => other.to_string(),
+                };
+                NftError::Apply { table: table.into(), commands: commands.len(), reason }
             })
     }
 
