@@ -1,0 +1,222 @@
+//! Loading, attaching, pinning and adopting the socket-LB programs with aya 0.14.
+//!
+//! Layout of the per-node pin directory: `kl_svc`, `kl_be`, `kl_aff`, `kl_rev` (maps, pinned by name
+//! by the loader) and `link_<program>` (one pinned bpf link per cgroup hook). Every `ensure_*` step
+//! checks what exists first: a valid pinned link is kept (no detach, no gap in service), a missing
+//! one is recreated; maps are reused from their pins by the loader.
+
+use super::{BeKey, BeVal, EbpfError, LbMaps, SOCK_LB_OBJ, SvcKey, SvcVal, pin};
+use aya::maps::{HashMap, Map, MapData};
+use aya::programs::links::{CgroupAttachMode, FdLink, PinnedLink};
+use aya::programs::{CgroupSockAddr, ProgramError};
+use std::path::{Path, PathBuf};
+
+/// The cgroup hooks: (program name in the object, link pin name).
+pub const PROGRAMS: &[(&str, &str)] = &[
+    ("kl_connect4", "link_connect4"),
+    ("kl_sendmsg4", "link_sendmsg4"),
+    ("kl_recvmsg4", "link_recvmsg4"),
+    ("kl_getpeername4", "link_getpeername4"),
+];
+/// Maps pinned by name in the pin directory.
+pub const MAPS: &[&str] = &["kl_svc", "kl_be", "kl_aff", "kl_rev"];
+
+/// Mounts bpffs at `/sys/fs/bpf` unless something is mounted there already.
+pub fn ensure_bpffs() -> Result<(), EbpfError> {
+    let root = Path::new("/sys/fs/bpf");
+    let err = |reason: String| EbpfError::Bpffs { path: root.into(), reason };
+    let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(|e| err(e.to_string()))?;
+    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf ")) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(root).map_err(|e| err(e.to_string()))?;
+    let st = std::process::Command::new("mount")
+        .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+        .output()
+        .map_err(|e| err(format!("spawn mount: {e}")))?;
+    if !st.status.success() {
+        return Err(err(String::from_utf8_lossy(&st.stderr).trim().to_string()));
+    }
+    Ok(())
+}
+
+fn prog_err(program: &str, e: ProgramError) -> EbpfError {
+    // ProgramError::LoadError's Display carries the verifier log; keep it whole.
+    EbpfError::Program { program: program.into(), reason: e.to_string() }
+}
+
+/// The attached socket-LB of one node.
+#[derive(Debug)]
+pub struct SockLb {
+    pin_dir: PathBuf,
+    cgroup: PathBuf,
+}
+
+/// What [`SockLb::ensure`] found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EnsureReport {
+    /// Links that were already pinned and were kept.
+    pub adopted: Vec<String>,
+    /// Links that were (re)created.
+    pub attached: Vec<String>,
+    /// Map pins that were restored.
+    pub repinned: Vec<String>,
+}
+
+impl SockLb {
+    /// Ensures bpffs, the pin directory, the maps and one pinned link per hook on `cgroup` (a
+    /// cgroup2 directory). Adopts everything that already exists.
+    pub fn ensure(pin_dir: &Path, cgroup: &Path) -> Result<(SockLb, PinnedMaps, EnsureReport), EbpfError> {
+        if SOCK_LB_OBJ.is_empty() {
+            return Err(EbpfError::NotBuilt);
+        }
+        ensure_bpffs()?;
+        std::fs::create_dir_all(pin_dir)
+            .map_err(|e| EbpfError::Bpffs { path: pin_dir.into(), reason: e.to_string() })?;
+        let lb = SockLb { pin_dir: pin_dir.into(), cgroup: cgroup.into() };
+        let report = lb.ensure_links()?;
+        let maps = PinnedMaps::open(pin_dir)?;
+        Ok((lb, maps, report))
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    fn ensure_links(&self) -> Result<EnsureReport, EbpfError> {
+        let mut rep = EnsureReport::default();
+        let maps_missing = MAPS.iter().any(|m| !pin(&self.pin_dir, m).exists());
+        if maps_missing {
+            // Links still alive would keep programs bound to maps nobody can reach any more:
+            // replace them together with the maps (dropping the pin detaches the link).
+            for (_, link) in PROGRAMS {
+                let _ = std::fs::remove_file(pin(&self.pin_dir, link));
+            }
+        }
+        let missing: Vec<(&str, &str)> = PROGRAMS
+            .iter()
+            .copied()
+            .filter(|(_, link)| PinnedLink::from_pin(pin(&self.pin_dir, link)).is_err())
+            .collect();
+        rep.adopted = PROGRAMS.iter().filter(|p| !missing.contains(p)).map(|(_, l)| (*l).to_string()).collect();
+        if missing.is_empty() && !maps_missing {
+            return Ok(rep);
+        }
+        // The loader reuses maps already pinned in the directory and pins new ones there.
+        let mut obj = aya::EbpfLoader::new()
+            .default_map_pin_directory(&self.pin_dir)
+            .load(SOCK_LB_OBJ)
+            .map_err(|e| EbpfError::Object(e.to_string()))?;
+        if maps_missing {
+            rep.repinned = MAPS.iter().filter(|m| !pin(&self.pin_dir, m).exists()).map(|m| m.to_string()).collect();
+        }
+        if missing.is_empty() {
+            return Ok(rep);
+        }
+        let cg = std::fs::File::open(&self.cgroup)
+            .map_err(|source| EbpfError::Cgroup { path: self.cgroup.clone(), source })?;
+        for (prog_name, link_name) in missing {
+            let prog: &mut CgroupSockAddr = obj
+                .program_mut(prog_name)
+                .ok_or_else(|| EbpfError::Object(format!("program {prog_name} not in object")))?
+                .try_into()
+                .map_err(|e| prog_err(prog_name, e))?;
+            prog.load().map_err(|e| prog_err(prog_name, e))?;
+            let id = prog.attach(&cg, CgroupAttachMode::AllowMultiple).map_err(|e| prog_err(prog_name, e))?;
+            let link = prog.take_link(id).map_err(|e| prog_err(prog_name, e))?;
+            let fd: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| EbpfError::Program {
+                program: prog_name.into(),
+                reason: e.to_string(),
+            })?;
+            let path = pin(&self.pin_dir, link_name);
+            let _ = std::fs::remove_file(&path); // a stale, invalid pin file
+            fd.pin(&path).map_err(|e| EbpfError::Program { program: prog_name.into(), reason: e.to_string() })?;
+            rep.attached.push(link_name.to_string());
+        }
+        Ok(rep)
+    }
+
+    /// Tamper check for the resync loop: re-creates missing link pins (re-attaching) and restores
+    /// missing map pins from the open maps.
+    pub fn repair(&self, maps: &PinnedMaps) -> Result<EnsureReport, EbpfError> {
+        let mut rep = EnsureReport::default();
+        for (name, data) in [("kl_svc", maps.svc.map_data()), ("kl_be", maps.be.map_data())] {
+            let p = pin(&self.pin_dir, name);
+            if !p.exists() {
+                data.pin(&p).map_err(|e| EbpfError::Map { map: name.into(), reason: e.to_string() })?;
+                rep.repinned.push(name.into());
+            }
+        }
+        let links = self.ensure_links()?;
+        rep.attached = links.attached;
+        rep.adopted = links.adopted;
+        rep.repinned.extend(links.repinned);
+        Ok(rep)
+    }
+
+    /// Detaches everything and removes the pin directory (links die with their last reference).
+    pub fn remove(pin_dir: &Path) -> std::io::Result<()> {
+        if pin_dir.exists() {
+            std::fs::remove_dir_all(pin_dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// The pinned service and backend maps, opened from their pins.
+pub struct PinnedMaps {
+    svc: HashMap<MapData, SvcKey, SvcVal>,
+    be: HashMap<MapData, BeKey, BeVal>,
+}
+
+trait MapDataRef {
+    fn map_data(&self) -> &MapData;
+}
+impl<K: aya::Pod, V: aya::Pod> MapDataRef for HashMap<MapData, K, V> {
+    fn map_data(&self) -> &MapData {
+        use aya::maps::IterableMap;
+        self.map()
+    }
+}
+
+fn map_err(map: &str, e: impl std::fmt::Display) -> EbpfError {
+    EbpfError::Map { map: map.into(), reason: e.to_string() }
+}
+
+impl PinnedMaps {
+    pub fn open(pin_dir: &Path) -> Result<Self, EbpfError> {
+        let svc = MapData::from_pin(pin(pin_dir, "kl_svc")).map_err(|e| map_err("kl_svc", e))?;
+        let be = MapData::from_pin(pin(pin_dir, "kl_be")).map_err(|e| map_err("kl_be", e))?;
+        Ok(PinnedMaps {
+            svc: HashMap::try_from(Map::HashMap(svc)).map_err(|e| map_err("kl_svc", e))?,
+            be: HashMap::try_from(Map::HashMap(be)).map_err(|e| map_err("kl_be", e))?,
+        })
+    }
+}
+
+impl LbMaps for PinnedMaps {
+    fn dump_services(&self) -> Result<Vec<(SvcKey, SvcVal)>, EbpfError> {
+        self.svc.iter().collect::<Result<Vec<_>, _>>().map_err(|e| map_err("kl_svc", e))
+    }
+    fn dump_backends(&self) -> Result<Vec<(BeKey, BeVal)>, EbpfError> {
+        self.be.iter().collect::<Result<Vec<_>, _>>().map_err(|e| map_err("kl_be", e))
+    }
+    fn put_service(&mut self, k: SvcKey, v: SvcVal) -> Result<(), EbpfError> {
+        self.svc.insert(k, v, 0).map_err(|e| map_err("kl_svc", e))
+    }
+    fn del_service(&mut self, k: &SvcKey) -> Result<(), EbpfError> {
+        match self.svc.remove(k) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err("kl_svc", e)),
+        }
+    }
+    fn put_backend(&mut self, k: BeKey, v: BeVal) -> Result<(), EbpfError> {
+        self.be.insert(k, v, 0).map_err(|e| map_err("kl_be", e))
+    }
+    fn del_backend(&mut self, k: &BeKey) -> Result<(), EbpfError> {
+        match self.be.remove(k) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err("kl_be", e)),
+        }
+    }
+}
