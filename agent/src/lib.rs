@@ -7,3 +7,4 @@
 pub mod cgroups;
 pub mod cni;
 pub mod netns;
+pub mod quantity;
