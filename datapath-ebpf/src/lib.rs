@@ -4,6 +4,7 @@
 //! backends render that one table into kernel state. Keeping the Kubernetes semantics in one pure
 //! place is what lets both backends behave identically.
 
+pub mod datapath;
 pub mod ebpf;
 pub mod model;
 pub mod nft;

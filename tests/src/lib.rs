@@ -7,6 +7,7 @@
 
 pub mod agent_infra;
 pub mod containerd;
+pub mod datapath;
 pub mod netns;
 
 use std::process::{Command, Output};

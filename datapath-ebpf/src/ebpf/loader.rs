@@ -40,9 +40,20 @@ pub fn ensure_bpffs() -> Result<(), EbpfError> {
     Ok(())
 }
 
+/// The error with its whole source chain (aya puts the errno in the source of `SyscallError`).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s += &format!(": {c}");
+        cur = c.source();
+    }
+    s
+}
+
 fn prog_err(program: &str, e: ProgramError) -> EbpfError {
     // ProgramError::LoadError's Display carries the verifier log; keep it whole.
-    EbpfError::Program { program: program.into(), reason: e.to_string() }
+    EbpfError::Program { program: program.into(), reason: chain(&e) }
 }
 
 /// The attached socket-LB of one node.
@@ -106,7 +117,7 @@ impl SockLb {
         let mut obj = aya::EbpfLoader::new()
             .default_map_pin_directory(&self.pin_dir)
             .load(SOCK_LB_OBJ)
-            .map_err(|e| EbpfError::Object(e.to_string()))?;
+            .map_err(|e| EbpfError::Object(chain(&e)))?;
         if maps_missing {
             rep.repinned = MAPS.iter().filter(|m| !pin(&self.pin_dir, m).exists()).map(|m| m.to_string()).collect();
         }
@@ -122,7 +133,9 @@ impl SockLb {
                 .try_into()
                 .map_err(|e| prog_err(prog_name, e))?;
             prog.load().map_err(|e| prog_err(prog_name, e))?;
-            let id = prog.attach(&cg, CgroupAttachMode::AllowMultiple).map_err(|e| prog_err(prog_name, e))?;
+            // With bpf links (kernel ≥ 5.7) "Single" means flags 0, which still coexists with other
+            // programs' links on the same cgroup; the multi flag is rejected by BPF_LINK_CREATE.
+            let id = prog.attach(&cg, CgroupAttachMode::Single).map_err(|e| prog_err(prog_name, e))?;
             let link = prog.take_link(id).map_err(|e| prog_err(prog_name, e))?;
             let fd: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| EbpfError::Program {
                 program: prog_name.into(),
@@ -130,7 +143,7 @@ impl SockLb {
             })?;
             let path = pin(&self.pin_dir, link_name);
             let _ = std::fs::remove_file(&path); // a stale, invalid pin file
-            fd.pin(&path).map_err(|e| EbpfError::Program { program: prog_name.into(), reason: e.to_string() })?;
+            fd.pin(&path).map_err(|e| EbpfError::Program { program: prog_name.into(), reason: chain(&e) })?;
             rep.attached.push(link_name.to_string());
         }
         Ok(rep)
