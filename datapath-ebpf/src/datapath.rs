@@ -69,6 +69,10 @@ pub struct Datapath {
     active: Active,
     /// Why eBPF is not active, when the mode was Auto and it failed.
     pub fallback_reason: Option<String>,
+    /// eBPF: which pinned links were adopted / (re)attached at start.
+    pub start_report: Option<crate::ebpf::loader::EnsureReport>,
+    /// eBPF: what the last map sync did (full converge after start, writes, deletes).
+    pub last_ebpf_sync: Option<crate::ebpf::EbpfSyncReport>,
     syncs: u64,
     sync_errors: u64,
     frontends: usize,
@@ -87,11 +91,13 @@ impl Datapath {
     pub fn start(cfg: &DatapathConfig) -> Result<Datapath, DatapathError> {
         let nft = || NftProxier::new(NftCli { netns: cfg.nft_netns.clone() }, &cfg.nft_table);
         let mut fallback_reason = None;
+        let mut start_report = None;
         let active = match cfg.mode {
             Mode::Nft => Active::Nft(nft()),
             Mode::Ebpf | Mode::Auto => match SockLb::ensure(&cfg.pin_dir, &cfg.cgroup) {
                 Ok((lb, maps, rep)) => {
                     tracing::info!(adopted = ?rep.adopted, attached = ?rep.attached, pin_dir = %cfg.pin_dir.display(), "eBPF socket-LB ready");
+                    start_report = Some(rep);
                     Active::Ebpf { lb, proxier: Box::new(EbpfProxier::new(maps, cfg.node.clone())), external: nft() }
                 }
                 Err(e) if cfg.mode == Mode::Auto => {
@@ -102,7 +108,15 @@ impl Datapath {
                 Err(e) => return Err(e.into()),
             },
         };
-        Ok(Datapath { active, fallback_reason, syncs: 0, sync_errors: 0, frontends: 0 })
+        Ok(Datapath {
+            active,
+            fallback_reason,
+            start_report,
+            last_ebpf_sync: None,
+            syncs: 0,
+            sync_errors: 0,
+            frontends: 0,
+        })
     }
 
     pub fn backend(&self) -> BackendKind {
@@ -116,11 +130,13 @@ impl Datapath {
     pub fn sync(&mut self, table: &ServiceTable) -> Result<(), DatapathError> {
         self.syncs += 1;
         let res: Result<(), DatapathError> = match &mut self.active {
-            Active::Ebpf { proxier, external, .. } => proxier
-                .sync(table)
-                .map(|_| ())
-                .map_err(DatapathError::from)
-                .and_then(|_| external.sync(&external_only(table)).map(|_| ()).map_err(DatapathError::from)),
+            Active::Ebpf { proxier, external, .. } => match proxier.sync(table) {
+                Ok(rep) => {
+                    self.last_ebpf_sync = Some(rep);
+                    external.sync(&external_only(table)).map(|_| ()).map_err(DatapathError::from)
+                }
+                Err(e) => Err(e.into()),
+            },
             Active::Nft(p) => p.sync(table).map(|_| ()).map_err(DatapathError::from),
         };
         match &res {

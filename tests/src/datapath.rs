@@ -21,6 +21,8 @@ pub const P1_IP: &str = "10.200.1.2";
 pub const P2_IP: &str = "10.200.2.2";
 pub const CLIENT_IP: &str = "10.200.3.2";
 pub const NODE_NAME: &str = "node-a";
+/// Port of the line-echo servers (long-lived connections).
+pub const ECHO_PORT: u16 = 8081;
 
 /// A cgroup2 directory under `/sys/fs/cgroup/unified` (hybrid hosts) or `/sys/fs/cgroup`
 /// (pure v2), removed on drop.
@@ -105,13 +107,14 @@ fn link_pod(node: &Netns, pod: &Netns, idx: u8) -> anyhow::Result<()> {
 }
 
 fn server(ns: &Netns, name: &str, proto: &str) -> anyhow::Result<Bg> {
-    let listen = match proto {
-        "tcp" => "TCP4-LISTEN:8080,fork,reuseaddr",
-        _ => "UDP4-RECVFROM:8080,fork",
+    let (listen, action) = match proto {
+        "tcp" => ("TCP4-LISTEN:8080,fork,reuseaddr", format!("SYSTEM:echo {name} $SOCAT_PEERADDR")),
+        "echo" => ("TCP4-LISTEN:8081,fork,reuseaddr", "EXEC:cat".to_string()),
+        _ => ("UDP4-RECVFROM:8080,fork", format!("SYSTEM:echo {name} $SOCAT_PEERADDR")),
     };
     let child = Command::new("nsenter")
         .arg(format!("--net={}", ns.path().display()))
-        .args(["--", "socat", listen, &format!("SYSTEM:echo {name} $SOCAT_PEERADDR")])
+        .args(["--", "socat", listen, &action])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -143,6 +146,8 @@ impl Topology {
             server(&p1, "p1", "udp")?,
             server(&p2, "p2", "tcp")?,
             server(&p2, "p2", "udp")?,
+            server(&p1, "p1", "echo")?,
+            server(&p2, "p2", "echo")?,
         ];
         let topo = Topology { node, p1, p2, client, ext, _servers: servers };
         for ip in [P1_IP, P2_IP] {
@@ -208,4 +213,42 @@ pub fn responders(
         }
     }
     (pods, peers)
+}
+
+/// A long-lived TCP connection (socat client with piped stdio) to `ip:port`, started from `ns` inside
+/// `cgroup`. [`Conn::roundtrip`] sends a line and reads the echo.
+pub struct Conn {
+    child: Bg,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Conn {
+    pub fn open(ns: &Netns, cgroup: Option<&Path>, ip: &str, port: u16) -> anyhow::Result<Conn> {
+        let enter = match cgroup {
+            Some(cg) => format!("echo $$ > {}/cgroup.procs && ", cg.display()),
+            None => String::new(),
+        };
+        let script =
+            format!("{enter}exec nsenter --net={} -- socat - TCP4:{ip}:{port},connect-timeout=2", ns.path().display());
+        let mut child =
+            Command::new("sh").args(["-c", &script]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
+        let stdin = child.stdin.take().ok_or_else(|| anyhow::anyhow!("no stdin"))?;
+        let stdout = std::io::BufReader::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
+        Ok(Conn { child: Bg(child), stdin, stdout })
+    }
+
+    /// Sends `line` and returns what came back (the echo server answers the same line).
+    pub fn roundtrip(&mut self, line: &str) -> anyhow::Result<String> {
+        use std::io::{BufRead, Write};
+        writeln!(self.stdin, "{line}")?;
+        self.stdin.flush()?;
+        let mut got = String::new();
+        self.stdout.read_line(&mut got)?;
+        Ok(got.trim().to_string())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
 }

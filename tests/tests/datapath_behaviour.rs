@@ -220,10 +220,12 @@ fn run_suite(mode: Mode, want_backend: BackendKind) {
                 failures.push(format!("{}: peers {peers:?}, client IP preserved should be {expect_preserved}", c.name));
             }
         }
-        if matches!(c.from, From::Pod) && c.dst.starts_with("10.96.") && !c.want.is_empty() {
-            if !peers.iter().all(|p| p.starts_with(CLIENT_IP)) {
-                failures.push(format!("{}: pod-to-ClusterIP must keep the pod IP, peers {peers:?}", c.name));
-            }
+        if matches!(c.from, From::Pod)
+            && c.dst.starts_with("10.96.")
+            && !c.want.is_empty()
+            && !peers.iter().all(|p| p.starts_with(CLIENT_IP))
+        {
+            failures.push(format!("{}: pod-to-ClusterIP must keep the pod IP, peers {peers:?}", c.name));
         }
     }
     // ClientIP affinity: every request from the same client lands on the same backend.
