@@ -203,6 +203,7 @@ async fn run_tcp(host: &str, port: u16, timeout: Duration) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probe::testing::{Behaviour, ScriptedRuntime};
     use crate::runtime::fake::FakeRuntime;
     use crate::runtime::{ContainerSpec, ExecResult, ImageConfig, Stdio};
     use k8s_openapi::api::core::v1::{
@@ -365,54 +366,12 @@ mod tests {
         assert!(matches!(action.run(&rt, "gone", Duration::from_secs(1)).await, Outcome::Error(_)));
     }
 
-    /// A runtime whose exec never returns (and ignores its timeout), to prove the outer bound.
-    struct HangingExec;
-
-    #[async_trait::async_trait]
-    impl ContainerRuntime for HangingExec {
-        async fn version(&self) -> crate::runtime::Result<String> {
-            Ok("hang".into())
-        }
-        async fn import_archive(&self, _: &std::path::Path) -> crate::runtime::Result<Vec<String>> {
-            Ok(vec![])
-        }
-        async fn image_config(&self, image: &str) -> crate::runtime::Result<ImageConfig> {
-            Err(RuntimeError::ImageNotFound { image: image.into() })
-        }
-        async fn create_container(&self, _: &ContainerSpec) -> crate::runtime::Result<()> {
-            Ok(())
-        }
-        async fn start(&self, _: &str, _: &Stdio) -> crate::runtime::Result<u32> {
-            Ok(1)
-        }
-        async fn kill(&self, _: &str, _: i32, _: bool) -> crate::runtime::Result<()> {
-            Ok(())
-        }
-        async fn list(&self) -> crate::runtime::Result<Vec<crate::runtime::ContainerInfo>> {
-            Ok(vec![])
-        }
-        async fn set_labels(
-            &self,
-            _: &str,
-            _: &std::collections::BTreeMap<String, String>,
-        ) -> crate::runtime::Result<()> {
-            Ok(())
-        }
-        async fn remove(&self, _: &str) -> crate::runtime::Result<()> {
-            Ok(())
-        }
-        async fn exec(&self, _: &str, _: &[String], _: Duration) -> crate::runtime::Result<ExecResult> {
-            std::future::pending().await
-        }
-        async fn events(&self) -> crate::runtime::Result<tokio::sync::mpsc::Receiver<crate::runtime::RuntimeEvent>> {
-            Ok(tokio::sync::mpsc::channel(1).1)
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn exec_that_hangs_times_out_as_failure() {
         let action = ProbeAction::Exec { command: vec!["sleep".into(), "100".into()] };
-        let outcome = action.run(&HangingExec, "c1", Duration::from_secs(1)).await;
+        let rt = ScriptedRuntime::new();
+        rt.set("sleep", Behaviour::Hang);
+        let outcome = action.run(&rt, "c1", Duration::from_secs(1)).await;
         assert!(matches!(&outcome, Outcome::Failure(m) if m.contains("timed out")), "{outcome:?}");
     }
 
@@ -421,9 +380,9 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let action = ProbeAction::TcpSocket { host: "127.0.0.1".into(), port };
-        assert_eq!(action.run(&HangingExec, "c", Duration::from_secs(1)).await, Outcome::Success);
+        assert_eq!(action.run(&ScriptedRuntime::new(), "c", Duration::from_secs(1)).await, Outcome::Success);
         drop(listener);
-        let outcome = action.run(&HangingExec, "c", Duration::from_secs(1)).await;
+        let outcome = action.run(&ScriptedRuntime::new(), "c", Duration::from_secs(1)).await;
         assert!(matches!(&outcome, Outcome::Failure(m) if m.contains("127.0.0.1")), "{outcome:?}");
     }
 }

@@ -56,3 +56,76 @@ async fn check(addr: &str, service: Option<&str>, timeout: Duration) -> Outcome 
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+    use tonic_health::ServingStatus as Status;
+
+    /// A real tonic server with tonic-health's Health service on loopback. Aborted on drop.
+    struct HealthServer {
+        addr: SocketAddr,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for HealthServer {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    async fn health_server() -> HealthServer {
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter.set_service_status("shop.Cart", Status::Serving).await;
+        reporter.set_service_status("shop.Payments", Status::NotServing).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let task = tokio::spawn(async move {
+            let _keep_reporter = reporter;
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let _ = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await;
+        });
+        HealthServer { addr, task }
+    }
+
+    const T: Duration = Duration::from_secs(2);
+
+    #[tokio::test]
+    async fn serving_is_success() {
+        let s = health_server().await;
+        // No service name: the server's overall health, SERVING by default.
+        assert_eq!(probe("127.0.0.1", s.addr.port(), None, T).await, Outcome::Success);
+        assert_eq!(probe("127.0.0.1", s.addr.port(), Some("shop.Cart"), T).await, Outcome::Success);
+    }
+
+    #[tokio::test]
+    async fn not_serving_and_unknown_services_fail() {
+        let s = health_server().await;
+        assert_eq!(
+            probe("127.0.0.1", s.addr.port(), Some("shop.Payments"), T).await,
+            Outcome::Failure("service unhealthy (responded with NOT_SERVING)".into())
+        );
+        let outcome = probe("127.0.0.1", s.addr.port(), Some("shop.Nope"), T).await;
+        assert!(matches!(&outcome, Outcome::Failure(m) if m.contains("NotFound")), "{outcome:?}");
+    }
+
+    #[tokio::test]
+    async fn unreachable_or_silent_servers_fail() {
+        let s = health_server().await;
+        let port = s.addr.port();
+        drop(s);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let outcome = probe("127.0.0.1", port, None, T).await;
+        assert!(matches!(&outcome, Outcome::Failure(m) if m.contains("failed to connect")), "{outcome:?}");
+
+        // Accepts TCP but never speaks HTTP/2: bounded by the probe timeout.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = silent.local_addr().expect("addr").port();
+        let bounded =
+            tokio::time::timeout(Duration::from_secs(30), probe("127.0.0.1", port, None, Duration::from_millis(300)));
+        let outcome = bounded.await.expect("the probe's own timeout ends it");
+        assert!(matches!(outcome, Outcome::Failure(_)), "{outcome:?}");
+        drop(silent);
+    }
+}

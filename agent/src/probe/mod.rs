@@ -21,6 +21,8 @@ pub mod grpc;
 pub mod http;
 pub mod prober;
 pub mod state;
+#[cfg(test)]
+mod testing;
 
 pub use action::{HttpGet, ProbeAction, Scheme};
 pub use prober::{

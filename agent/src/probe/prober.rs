@@ -267,3 +267,259 @@ async fn follow(
     };
     tokio::join!(run, fold);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::testing::{Behaviour, ScriptedRuntime};
+    use std::time::Duration;
+
+    fn exec_probe(command: &str, period_secs: u64, failure_threshold: u32) -> ConfiguredProbe {
+        ConfiguredProbe {
+            timing: ProbeTiming {
+                period: Duration::from_secs(period_secs),
+                failure_threshold,
+                ..ProbeTiming::default()
+            },
+            action: ProbeAction::Exec { command: vec![command.to_string()] },
+        }
+    }
+
+    fn spawn(rt: &Arc<ScriptedRuntime>, probes: ContainerProbes) -> ContainerProber {
+        let runtime: Arc<dyn ContainerRuntime> = rt.clone();
+        ContainerProber::spawn(runtime, "c1", probes, Instant::now())
+    }
+
+    /// Waits (in paused time) until `f` holds for the status; returns the status and the time.
+    async fn wait(rx: &mut watch::Receiver<ProbeStatus>, f: impl FnMut(&ProbeStatus) -> bool) -> ProbeStatus {
+        tokio::time::timeout(Duration::from_secs(3600), rx.wait_for(f))
+            .await
+            .expect("status reached within an hour of paused time")
+            .expect("prober alive")
+            .clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_probes_means_started_and_ready() {
+        let rt = Arc::new(ScriptedRuntime::new());
+        let p = spawn(&rt, ContainerProbes::default());
+        assert_eq!(p.status(), ProbeStatus { started: true, ready: true, failure: None });
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(rt.calls().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readiness_starts_unready_then_follows_thresholds() {
+        let rt = Arc::new(ScriptedRuntime::new());
+        let t0 = Instant::now();
+        let p = spawn(&rt, ContainerProbes { readiness: Some(exec_probe("ready", 10, 2)), ..Default::default() });
+        assert_eq!(p.status(), ProbeStatus { started: true, ready: false, failure: None });
+        let mut rx = p.subscribe();
+        wait(&mut rx, |s| s.ready).await;
+        assert_eq!(t0.elapsed(), Duration::ZERO, "first probe runs right away without initialDelaySeconds");
+
+        rt.set("ready", Behaviour::Exit(1));
+        let s = wait(&mut rx, |s| !s.ready).await;
+        // Probes at 10 s and 20 s fail; the second reaches failureThreshold 2.
+        assert_eq!(t0.elapsed(), Duration::from_secs(20));
+        assert_eq!(s.failure, None, "readiness failures never ask for a restart");
+
+        rt.set("ready", Behaviour::Exit(0));
+        wait(&mut rx, |s| s.ready).await;
+        assert_eq!(t0.elapsed(), Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn initial_delay_postpones_the_first_probe() {
+        let rt = Arc::new(ScriptedRuntime::new());
+        let mut probe = exec_probe("ready", 10, 3);
+        probe.timing.initial_delay = Duration::from_secs(5);
+        let p = spawn(&rt, ContainerProbes { readiness: Some(probe), ..Default::default() });
+        let mut rx = p.subscribe();
+        wait(&mut rx, |s| s.ready).await;
+        assert_eq!(rt.calls(), vec![("ready".to_string(), Duration::from_secs(5))]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn initial_delay_counts_from_the_real_start_of_an_adopted_container() {
+        let rt = Arc::new(ScriptedRuntime::new());
+        let mut probe = exec_probe("ready", 10, 3);
+        probe.timing.initial_delay = Duration::from_secs(30);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let started_at = Instant::now() - Duration::from_secs(40);
+        let runtime: Arc<dyn ContainerRuntime> = rt.clone();
+        let p = ContainerProber::spawn(
+            runtime,
+            "c1",
+            ContainerProbes { readiness: Some(probe), ..Default::default() },
+            started_at,
+        );
+        let mut rx = p.subscribe();
+        let before = Instant::now();
+        wait(&mut rx, |s| s.ready).await;
+        assert_eq!(before.elapsed(), Duration::ZERO, "the delay already passed before the agent restarted");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn startup_gates_liveness_and_readiness() {
+        let rt = Arc::new(ScriptedRuntime::new());
+        rt.set("startup", Behaviour::Exit(1));
+        let probes = ContainerProbes {
+            startup: Some(exec_probe("startup", 1, 30)),
+            liveness: Some(exec_probe("live", 10, 3)),
+            readiness: Some(exec_probe("ready", 10, 3)),
+        };
+        let p = spawn(&rt, probes);
+        assert_eq!(p.status(), ProbeStatus { started: false, ready: false, failure: None });
+        tokio::time::sleep(Duration::from_millis(5_500)).await;
+        assert_eq!(rt.count("startup"), 6, "startup probed at 0..=5 s");
+        assert_eq!(rt.count("live") + rt.count("ready"), 0, "nothing else runs before startup succeeds");
+        assert!(!p.status().started);
+
+        rt.set("startup", Behaviour::Exit(0));
+        let mut rx = p.subscribe();
+        let s = wait(&mut rx, |s| s.started && s.ready).await;
+        assert_eq!(s.failure, None);
+        let startup_done =
+            rt.calls().iter().filter(|(c, _)| c == "startup").map(|(_, t)| *t).max().expect("startup ran");
+        assert_eq!(startup_done, Duration::from_secs(6));
+        for (command, at) in rt.calls() {
+            if command != "startup" {
+                assert!(at >= startup_done, "{command} ran at {at:?}, before startup succeeded");
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(rt.count("startup"), 7, "startup stops once it succeeded");
+        assert!(rt.count("live") >= 3, "liveness keeps running: {:?}", rt.calls());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn liveness_failure_requests_a_restart_and_stops_probing() {
+        let rt = Arc::new(ScriptedRuntime::new());
+        rt.set("live", Behaviour::Exit(1));
+        let t0 = Instant::now();
+        let p = spawn(
+            &rt,
+            ContainerProbes {
+                liveness: Some(exec_probe("live", 10, 3)),
+                readiness: Some(exec_probe("ready", 10, 3)),
+                ..Default::default()
+            },
+        );
+        let mut rx = p.subscribe();
+        let s = wait(&mut rx, |s| s.failure.is_some()).await;
+        assert_eq!(t0.elapsed(), Duration::from_secs(20), "failures at 0, 10 and 20 s");
+        assert_eq!(
+            s.failure,
+            Some(ProbeFailure {
+                kind: ProbeKind::Liveness,
+                message: "command [\"live\"] exited with 1: live says 1".into()
+            })
+        );
+        assert!(s.ready, "readiness is independent");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(rt.count("live"), 3, "no liveness probe after the failure");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn startup_failure_requests_a_restart_and_nothing_else_runs() {
+        let rt = Arc::new(ScriptedRuntime::new());
+        rt.set("startup", Behaviour::Exit(2));
+        let probes = ContainerProbes {
+            startup: Some(exec_probe("startup", 5, 2)),
+            liveness: Some(exec_probe("live", 10, 3)),
+            readiness: Some(exec_probe("ready", 10, 3)),
+        };
+        let p = spawn(&rt, probes);
+        let mut rx = p.subscribe();
+        let s = wait(&mut rx, |s| s.failure.is_some()).await;
+        assert_eq!(s.failure.as_ref().map(|f| f.kind), Some(ProbeKind::Startup));
+        assert!(!s.started && !s.ready);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(rt.count("startup"), 2);
+        assert_eq!(rt.count("live") + rt.count("ready"), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn handler_errors_are_retried_and_then_ignored() {
+        let rt = Arc::new(ScriptedRuntime::new());
+        rt.set("live", Behaviour::Error);
+        let p = spawn(&rt, ContainerProbes { liveness: Some(exec_probe("live", 10, 1)), ..Default::default() });
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        assert_eq!(rt.count("live"), 9, "three ticks, three attempts each");
+        assert_eq!(p.status().failure, None, "errors never count as failures");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_prober_stops_probing() {
+        let rt = Arc::new(ScriptedRuntime::new());
+        let p = spawn(&rt, ContainerProbes { readiness: Some(exec_probe("ready", 1, 3)), ..Default::default() });
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        assert_eq!(rt.count("ready"), 3);
+        drop(p);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(rt.count("ready"), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn run_probe_loop_publishes_and_stops_when_unobserved() {
+        let rt = Arc::new(ScriptedRuntime::new());
+        let (tx, mut rx) = watch::channel(ProbeUpdate { result: ProbeResult::Unknown, message: None });
+        let runtime: Arc<dyn ContainerRuntime> = rt.clone();
+        let task = tokio::spawn(run_probe_loop(
+            ProbeKind::Readiness,
+            exec_probe("ready", 1, 1),
+            runtime,
+            "c1".into(),
+            Instant::now(),
+            tx,
+        ));
+        let first = rx.wait_for(|u| u.result == ProbeResult::Success).await.expect("published").clone();
+        assert_eq!(first.message, None);
+        rt.set("ready", Behaviour::Exit(3));
+        let failed = rx.wait_for(|u| u.result == ProbeResult::Failure).await.expect("published").clone();
+        assert_eq!(failed.message.as_deref(), Some("command [\"ready\"] exited with 3: ready says 3"));
+        drop(rx);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("loop ends without receivers")
+            .expect("no panic");
+    }
+
+    #[test]
+    fn container_probes_from_spec() {
+        use k8s_openapi::api::core::v1::{ExecAction, TCPSocketAction};
+        use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+        let container = Container {
+            name: "web".into(),
+            liveness_probe: Some(Probe {
+                tcp_socket: Some(TCPSocketAction { port: IntOrString::Int(80), host: None }),
+                period_seconds: Some(3),
+                ..Default::default()
+            }),
+            startup_probe: Some(Probe {
+                exec: Some(ExecAction { command: Some(vec!["true".into()]) }),
+                success_threshold: Some(2),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let ip: IpAddr = "10.1.2.3".parse().expect("ip");
+        let err =
+            ContainerProbes::from_container(&container, ip, "spec.containers[web]").expect_err("startup threshold");
+        assert_eq!(
+            err.to_string(),
+            "spec.containers[web].startupProbe.successThreshold: must be 1 for startupProbe probes, got 2"
+        );
+        let container = Container { startup_probe: None, ..container };
+        let probes = ContainerProbes::from_container(&container, ip, "spec.containers[web]").expect("valid");
+        assert_eq!(
+            probes.liveness,
+            Some(ConfiguredProbe {
+                timing: ProbeTiming { period: Duration::from_secs(3), ..ProbeTiming::default() },
+                action: ProbeAction::TcpSocket { host: "10.1.2.3".into(), port: 80 },
+            })
+        );
+        assert!(probes.startup.is_none() && probes.readiness.is_none() && !probes.is_empty());
+    }
+}
