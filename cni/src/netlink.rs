@@ -656,8 +656,12 @@ mod real {
                 .iter()
                 .filter(|m| m.header.ifindex == index)
                 .filter_map(|m| {
+                    // AF_BRIDGE messages carry NDA_DST as raw bytes (the family says bridge, not inet).
                     let dst = m.attributes.iter().find_map(|a| match a {
                         NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) if b.len() == 4 => {
+                            Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+                        }
                         _ => None,
                     })?;
                     let mac = m.attributes.iter().find_map(|a| match a {

@@ -1,6 +1,8 @@
 //! `cargo xtask bench <name>`: each benchmark prints its figures next to a baseline measured in
 //! the same run, as a ratio. Benchmarks never assert timings; they report.
 
+mod cni;
+
 use clap::Args;
 
 #[derive(Args)]
@@ -14,6 +16,7 @@ pub struct BenchArgs {
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.name.as_str() {
+        "cni" => cni::run_bench(&args.rest),
         other => anyhow::bail!("unknown benchmark {other:?}"),
     }
 }

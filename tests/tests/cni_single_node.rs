@@ -1,0 +1,315 @@
+//! keelson-cni on one node (a test-created netns; the host netns is never touched): pods reach
+//! each other and the node, DEL is idempotent and works without a netns, CHECK notices damage, GC
+//! cleans a crashed ADD, Debian's portmap and bandwidth chain after it, and bad input is refused
+//! with spec error JSON and nothing left behind.
+
+use std::time::Duration;
+
+use keelson_tests::cni::{Node, ping, pod_ip, tcp_get, tcp_server};
+use keelson_tests::{Netns, require_root};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(10);
+
+#[test]
+fn two_pods_reach_each_other_and_the_node() {
+    require_root();
+    let node = Node::new("10.251.1.0/24").expect("node");
+    let (a, b) = (Netns::new("pa").expect("pod a"), Netns::new("pb").expect("pod b"));
+    let ra = node.add("ctr-a", &a).expect("ADD a");
+    let rb = node.add("ctr-b", &b).expect("ADD b");
+    let (ipa, ipb) = (pod_ip(&ra), pod_ip(&rb));
+    assert_eq!(ra["cniVersion"], "1.1.0");
+    assert_eq!(ra["ips"][0]["gateway"], "10.251.1.1", "gateway is the first address of the subnet");
+    assert_eq!(ra["interfaces"][2]["sandbox"], a.path().display().to_string());
+    assert_ne!(ipa, ipb);
+    for ip in [&ipa, &ipb] {
+        assert!(!ip.ends_with(".0") && !ip.ends_with(".1") && !ip.ends_with(".255"), "{ip}");
+    }
+
+    // bridge, MTU, hairpin, default route, accept_ra=0
+    let br = node.ns.exec_ok(&["ip", "-o", "addr", "show", "dev", "kb0"]).expect("bridge");
+    assert!(br.contains("10.251.1.1/24"), "{br}");
+    let link = a.exec_ok(&["ip", "-o", "link", "show", "eth0"]).expect("eth0");
+    assert!(link.contains("mtu 1450"), "{link}");
+    let hairpin = node.ns.exec_ok(&["bridge", "-d", "link", "show"]).expect("bridge link");
+    assert_eq!(hairpin.matches("hairpin on").count(), 2, "{hairpin}");
+    assert!(a.exec_ok(&["ip", "route"]).expect("routes").contains("default via 10.251.1.1 dev eth0"));
+    assert_eq!(a.exec_ok(&["cat", "/proc/sys/net/ipv6/conf/eth0/accept_ra"]).expect("sysctl"), "0");
+
+    assert!(ping(&a, &ipb), "pod a → pod b");
+    assert!(ping(&b, "10.251.1.1"), "pod b → node");
+    assert!(ping(&node.ns, &ipa), "node → pod a");
+    let _srv = tcp_server(&b, 8080, "hello-from-b").expect("server");
+    assert_eq!(tcp_get(&a, &ipb, 8080, T).as_deref(), Some("hello-from-b"), "TCP pod a → pod b");
+    assert_eq!(tcp_get(&node.ns, &ipb, 8080, T).as_deref(), Some("hello-from-b"), "TCP node → pod b");
+
+    node.del("ctr-a", Some(&a)).expect("DEL a");
+    node.del("ctr-b", Some(&b)).expect("DEL b");
+    assert!(node.ipam_records().is_empty());
+    assert!(node.host_veths().expect("veths").is_empty());
+}
+
+#[test]
+fn del_twice_and_after_the_netns_is_gone() {
+    require_root();
+    let node = Node::new("10.251.2.0/24").expect("node");
+    let a = Netns::new("pa").expect("pod");
+    node.add("ctr-a", &a).expect("ADD");
+    node.del("ctr-a", Some(&a)).expect("DEL 1");
+    node.del("ctr-a", Some(&a)).expect("DEL 2 (idempotent)");
+    assert!(a.exec_ok(&["ip", "link", "show", "eth0"]).is_err(), "pod interface gone");
+
+    let b = Netns::new("pb").expect("pod");
+    node.add("ctr-b", &b).expect("ADD b");
+    assert_eq!(node.ipam_records().len(), 1);
+    let path = b.path();
+    drop(b); // the runtime deleted the netns before DEL
+    let conf = node.conf("1.1.0", "");
+    let r = node.cni("DEL", "ctr-b", Some(&path), &conf).expect("run");
+    assert_eq!(r.code, 0, "DEL with a vanished netns: {} {}", r.stdout, r.stderr);
+    let r = node.cni("DEL", "ctr-b", None, &conf).expect("run");
+    assert_eq!(r.code, 0, "DEL without CNI_NETNS: {}", r.stdout);
+    assert!(node.ipam_records().is_empty(), "address released without the netns");
+    assert!(node.host_veths().expect("veths").is_empty());
+}
+
+#[test]
+fn check_notices_removed_address_and_route() {
+    require_root();
+    let node = Node::new("10.251.3.0/24").expect("node");
+    let a = Netns::new("pa").expect("pod");
+    let res = node.add("ctr-a", &a).expect("ADD");
+    let mut conf = node.conf("1.1.0", "");
+    conf["prevResult"] = res.clone();
+    let ok = node.cni("CHECK", "ctr-a", Some(&a.path()), &conf).expect("CHECK");
+    assert_eq!(ok.code, 0, "healthy CHECK: {}", ok.stdout);
+
+    a.exec_ok(&["ip", "route", "del", "default"]).expect("remove route");
+    let r = node.cni("CHECK", "ctr-a", Some(&a.path()), &conf).expect("CHECK");
+    assert_ne!(r.code, 0);
+    assert!(r.stdout["details"].as_str().unwrap_or("").contains("default route"), "{}", r.stdout);
+    a.exec_ok(&["ip", "route", "add", "default", "via", "10.251.3.1"]).expect("restore route");
+    assert_eq!(node.cni("CHECK", "ctr-a", Some(&a.path()), &conf).expect("CHECK").code, 0);
+
+    let addr = res["ips"][0]["address"].as_str().expect("address").to_string();
+    a.exec_ok(&["ip", "addr", "del", &addr, "dev", "eth0"]).expect("remove address");
+    let r = node.cni("CHECK", "ctr-a", Some(&a.path()), &conf).expect("CHECK");
+    assert_ne!(r.code, 0);
+    assert!(r.stdout["details"].as_str().unwrap_or("").contains("address"), "{}", r.stdout);
+    node.del("ctr-a", Some(&a)).expect("DEL");
+}
+
+#[test]
+fn gc_cleans_up_after_a_crash_mid_add() {
+    require_root();
+    let node = Node::new("10.251.4.0/24").expect("node");
+    let (a, b) = (Netns::new("pa").expect("pod"), Netns::new("pb").expect("pod"));
+    let ra = node.add("ctr-a", &a).expect("ADD a");
+    // Simulate a plugin killed mid-ADD for ctr-b: the allocation was persisted and the host veth
+    // (deterministic name) was created and enslaved, but the pod end was never configured and no
+    // result was returned, so the runtime does not know ctr-b.
+    let stale_veth = keelson_cni_host_veth("ctr-b");
+    let rec = node.data_dir().join(&node.network).join("10.251.4.77");
+    std::fs::write(&rec, r#"{"containerID":"ctr-b","ifname":"eth0"}"#).expect("record");
+    node.ns
+        .exec_ok(&[
+            "ip",
+            "link",
+            "add",
+            &stale_veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &b.path().display().to_string(),
+        ])
+        .expect("stale veth");
+    node.ns.exec_ok(&["ip", "link", "set", &stale_veth, "master", "kb0"]).expect("enslave");
+    assert_eq!(node.ipam_records().len(), 2);
+
+    let conf = node.conf("1.1.0", r#""cni.dev/valid-attachments":[{"containerID":"ctr-a","ifname":"eth0"}]"#);
+    let r = node.cni("GC", "", None, &conf).expect("GC");
+    assert_eq!(r.code, 0, "GC: {} {}", r.stdout, r.stderr);
+    assert_eq!(node.ipam_records(), vec![pod_ip(&ra)], "only the valid attachment keeps its address");
+    assert_eq!(node.host_veths().expect("veths"), vec![keelson_cni_host_veth("ctr-a")]);
+    assert!(ping(&a, "10.251.4.1"), "the valid pod is untouched");
+
+    // ctr-b retried by the runtime gets a clean ADD
+    node.add("ctr-b", &b).expect("ADD b after GC");
+    node.del("ctr-b", Some(&b)).expect("DEL b");
+    node.del("ctr-a", Some(&a)).expect("DEL a");
+}
+
+fn keelson_cni_host_veth(id: &str) -> String {
+    keelson_cni::plugin::host_veth_name(id, "eth0")
+}
+
+#[test]
+fn portmap_chained_after_us_exposes_a_host_port() {
+    require_root();
+    let node = Node::new("10.251.5.0/24").expect("node");
+    let pod = Netns::new("pa").expect("pod");
+    let client = Netns::new("ext").expect("client");
+    // the node's "external" interface: 192.168.251.1 on the node, client at .2
+    node.ns
+        .exec_ok(&[
+            "ip",
+            "link",
+            "add",
+            "ext0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "c0",
+            "netns",
+            &client.path().display().to_string(),
+        ])
+        .expect("veth");
+    node.ns.exec_ok(&["ip", "addr", "add", "192.168.251.1/24", "dev", "ext0"]).expect("addr");
+    node.ns.exec_ok(&["ip", "link", "set", "ext0", "up"]).expect("up");
+    client.exec_ok(&["ip", "addr", "add", "192.168.251.2/24", "dev", "c0"]).expect("addr");
+    client.exec_ok(&["ip", "link", "set", "c0", "up"]).expect("up");
+
+    // chain: keelson-cni (rendered as 1.0.0, portmap's newest) then portmap with our prevResult
+    let conf = node.conf("1.0.0", "");
+    let r = node.cni("ADD", "ctr-p", Some(&pod.path()), &conf).expect("ADD");
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    assert_eq!(r.stdout["cniVersion"], "1.0.0");
+    let pm = portmap_conf(&node, &r.stdout);
+    let env = [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "ctr-p"), ("CNI_IFNAME", "eth0")];
+    let netns = pod.path().display().to_string();
+    let env_ns: Vec<(&str, &str)> = env.iter().copied().chain([("CNI_NETNS", netns.as_str())]).collect();
+    let out = node
+        .exec_plugin(std::path::Path::new("/usr/lib/cni/portmap"), &env_ns, pm.to_string().as_bytes())
+        .expect("portmap");
+    assert_eq!(out.code, 0, "portmap ADD: {} {}", out.stdout, out.stderr);
+    assert_eq!(out.stdout["ips"], r.stdout["ips"], "portmap passes our result through");
+
+    let _srv = tcp_server(&pod, 8080, "via-hostport").expect("server");
+    assert_eq!(tcp_get(&client, "192.168.251.1", 18080, T).as_deref(), Some("via-hostport"), "hostPort on the node IP");
+
+    let del: Vec<(&str, &str)> =
+        env_ns.iter().map(|(k, v)| if *k == "CNI_COMMAND" { (*k, "DEL") } else { (*k, *v) }).collect();
+    let out = node
+        .exec_plugin(std::path::Path::new("/usr/lib/cni/portmap"), &del, pm.to_string().as_bytes())
+        .expect("portmap");
+    assert_eq!(out.code, 0, "portmap DEL: {}", out.stdout);
+    node.del("ctr-p", Some(&pod)).expect("DEL");
+    assert!(node.ipam_records().is_empty());
+}
+
+fn portmap_conf(node: &Node, prev: &Value) -> Value {
+    serde_json::json!({
+        "cniVersion": "1.0.0", "name": node.network, "type": "portmap",
+        "capabilities": {"portMappings": true},
+        "runtimeConfig": {"portMappings": [{"hostPort": 18080, "containerPort": 8080, "protocol": "tcp"}]},
+        "prevResult": prev,
+    })
+}
+
+#[test]
+fn bandwidth_chained_after_us_shapes_the_pod() {
+    require_root();
+    let node = Node::new("10.251.6.0/24").expect("node");
+    let pod = Netns::new("pa").expect("pod");
+    let conf = node.conf("1.0.0", "");
+    let r = node.cni("ADD", "ctr-bw", Some(&pod.path()), &conf).expect("ADD");
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    let bw = serde_json::json!({
+        "cniVersion": "1.0.0", "name": node.network, "type": "bandwidth",
+        "capabilities": {"bandwidth": true},
+        "runtimeConfig": {"bandwidth": {"ingressRate": 8000000, "ingressBurst": 80000, "egressRate": 8000000, "egressBurst": 80000}},
+        "prevResult": r.stdout,
+    });
+    let netns = pod.path().display().to_string();
+    let mut env = vec![
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "ctr-bw"),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_NETNS", netns.as_str()),
+    ];
+    let plugin = std::path::Path::new("/usr/lib/cni/bandwidth");
+    let out = node.exec_plugin(plugin, &env, bw.to_string().as_bytes()).expect("bandwidth");
+    assert_eq!(out.code, 0, "bandwidth ADD: {} {}", out.stdout, out.stderr);
+    let host = keelson_cni_host_veth("ctr-bw");
+    let q = node.ns.exec_ok(&["tc", "qdisc", "show", "dev", &host]).expect("tc");
+    assert!(q.contains("tbf"), "ingress shaping on our host veth: {q}");
+    env[0] = ("CNI_COMMAND", "DEL");
+    let out = node.exec_plugin(plugin, &env, bw.to_string().as_bytes()).expect("bandwidth");
+    assert_eq!(out.code, 0, "bandwidth DEL: {}", out.stdout);
+    node.del("ctr-bw", Some(&pod)).expect("DEL");
+    let links = node.ns.exec_ok(&["ip", "-o", "link"]).expect("links");
+    assert!(!links.contains("bwp") && node.host_veths().expect("veths").is_empty(), "{links}");
+}
+
+#[test]
+fn ip_masq_uses_an_owned_table_and_follows_pods() {
+    require_root();
+    let node = Node::new("10.251.7.0/24").expect("node");
+    let pod = Netns::new("pa").expect("pod");
+    let conf = node.conf("1.1.0", r#""ipMasq":true,"clusterCIDR":"10.251.0.0/16""#);
+    let r = node.cni("ADD", "ctr-m", Some(&pod.path()), &conf).expect("ADD");
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    let set = node.ns.exec_ok(&["nft", "list", "set", "ip", "keelson_cni_kt", "pods"]).expect("set");
+    assert!(set.contains(&pod_ip(&r.stdout)), "{set}");
+    let chain = node.ns.exec_ok(&["nft", "list", "chain", "ip", "keelson_cni_kt", "postrouting"]).expect("chain");
+    assert!(chain.contains("masquerade"), "{chain}");
+    let d = node.cni("DEL", "ctr-m", Some(&pod.path()), &conf).expect("DEL");
+    assert_eq!(d.code, 0);
+    let set = node.ns.exec_ok(&["nft", "list", "set", "ip", "keelson_cni_kt", "pods"]).expect("set");
+    assert!(!set.contains(&pod_ip(&r.stdout)), "element removed on DEL: {set}");
+}
+
+#[test]
+fn bad_input_is_refused_and_leaves_nothing() {
+    require_root();
+    let node = Node::new("10.251.8.0/24").expect("node");
+    let pod = Netns::new("pa").expect("pod");
+    let p = plugin();
+    let base = [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "ctr-x"), ("CNI_IFNAME", "eth0")];
+    let netns = pod.path().display().to_string();
+    let full: Vec<(&str, &str)> = base.iter().copied().chain([("CNI_NETNS", netns.as_str())]).collect();
+    let good = node.conf("1.1.0", "").to_string();
+
+    let cases: Vec<(&str, Vec<(&str, &str)>, String, u64)> = vec![
+        ("malformed JSON", full.clone(), "{\"cniVersion\":".into(), 6),
+        ("unsupported version", full.clone(), node.conf("2.0.0", "").to_string(), 1),
+        ("missing CNI_NETNS", base.to_vec(), good.clone(), 4),
+        ("missing CNI_COMMAND", full[1..].to_vec(), good.clone(), 4),
+        ("bad subnet", full.clone(), node.conf("1.1.0", r#""ipam":{"subnet":"10.0.0.0/40"}"#).to_string(), 7),
+        (
+            "missing netns",
+            base.iter().copied().chain([("CNI_NETNS", "/var/run/netns/keelson-no-such-ns")]).collect(),
+            good.clone(),
+            3,
+        ),
+    ];
+    for (what, env, stdin, code) in cases {
+        let r = node.exec_plugin(&p, &env, stdin.as_bytes()).expect("run");
+        assert_ne!(r.code, 0, "{what}");
+        assert_eq!(r.err_code(), Some(code), "{what}: {}", r.stdout);
+        assert!(r.stdout["msg"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {}", r.stdout);
+    }
+    // existing interface in the pod
+    pod.exec_ok(&["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"]).expect("pre-existing eth0");
+    let r = node.exec_plugin(&p, &full, good.as_bytes()).expect("run");
+    assert_eq!(r.err_code(), Some(101), "{}", r.stdout);
+    assert!(node.ipam_records().is_empty(), "no address leaked");
+    assert!(node.host_veths().expect("veths").is_empty(), "no veth leaked");
+    // VERSION / STATUS
+    let v = node.exec_plugin(&p, &[("CNI_COMMAND", "VERSION")], good.as_bytes()).expect("run");
+    assert_eq!(v.stdout["supportedVersions"].as_array().map(Vec::len), Some(5));
+    let s = node.exec_plugin(&p, &[("CNI_COMMAND", "STATUS")], good.as_bytes()).expect("run");
+    assert_eq!(s.code, 0, "{}", s.stdout);
+    let missing = node.conf("1.1.0", r#""ipam":{"subnetFile":"/nonexistent/keelson/subnet.env"}"#).to_string();
+    let s = node.exec_plugin(&p, &[("CNI_COMMAND", "STATUS")], missing.as_bytes()).expect("run");
+    assert_eq!(s.err_code(), Some(50), "{}", s.stdout);
+}
+
+fn plugin() -> std::path::PathBuf {
+    keelson_tests::cni::plugin_path()
+}
