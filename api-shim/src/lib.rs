@@ -1,1 +1,190 @@
-//! keelson-api-shim (being built).
+//! keelson-api-shim: a small, honest Kubernetes API server.
+//!
+//! `keelson-apiserver` serves the core, apps, batch, discovery.k8s.io and coordination.k8s.io
+//! resources that unmodified kubectl, kube-rs and the official Python client need: HTTPS with
+//! token and client-certificate auth, discovery (legacy and aggregated), OpenAPI v3 for
+//! server-side field validation, list/watch with real resourceVersion semantics, all patch
+//! types including server-side apply, validation with field causes, Table output, and storage in
+//! an embedded SQLite log (default) or etcd v3. Controllers and the scheduler live elsewhere.
+//!
+//! Data directory layout (default `/var/lib/keelson/apiserver`): `state.db` (embedded store),
+//! `ca.crt`, `apiserver.crt`, `admin.crt` + keys, `tokens.csv`, and the kubeconfigs
+//! `admin.kubeconfig` (token) and `admin-cert.kubeconfig` (client certificate).
+
+pub mod alloc;
+pub mod api;
+pub mod apply;
+pub mod discovery;
+pub mod error;
+pub mod objects;
+pub mod patch;
+pub mod resources;
+pub mod selectors;
+pub mod server;
+pub mod store;
+pub mod table;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::api::{Api, WriteOpts};
+use crate::error::ApiError;
+use crate::objects::FieldValidation;
+use crate::store::Store;
+
+/// Which storage backend to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite { sync: store::sqlite::SyncMode },
+    Etcd { endpoints: Vec<String> },
+}
+
+/// Server configuration (the binary maps its flags onto this).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Address put into kubeconfigs, the serving certificate and the `kubernetes` Endpoints.
+    pub advertise: Option<String>,
+    pub service_cidr: ipnet::Ipv4Net,
+    pub backend: Backend,
+    /// Revisions of history kept for watch resume before compaction.
+    pub history: i64,
+    pub compact_interval: Duration,
+    pub bookmark_interval: Duration,
+}
+
+impl Config {
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
+        Config {
+            data_dir,
+            listen,
+            advertise: None,
+            service_cidr: ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(10, 96, 0, 0), 12).unwrap_or_default(),
+            backend: Backend::Sqlite { sync: store::sqlite::SyncMode::Normal },
+            history: 10_000,
+            compact_interval: Duration::from_secs(60),
+            bookmark_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("tls: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("bootstrap: {0}")]
+    Bootstrap(#[from] ApiError),
+    #[error("listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("serve: {0}")]
+    Serve(std::io::Error),
+}
+
+async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, RunError> {
+    match &cfg.backend {
+        Backend::Sqlite { sync } => {
+            std::fs::create_dir_all(&cfg.data_dir)
+                .map_err(|e| store::StoreError::Backend(format!("{}: {e}", cfg.data_dir.display())))?;
+            Ok(Arc::new(store::sqlite::SqliteStore::open(&cfg.data_dir.join("state.db"), *sync)?))
+        }
+        Backend::Etcd { .. } => {
+            Err(store::StoreError::Backend("the etcd backend is not available in this build".into()).into())
+        }
+    }
+}
+
+/// Creates the namespaces and the `kubernetes` Service every cluster has.
+async fn bootstrap(api: &Arc<Api>, advertise: &str, port: u16) -> Result<(), ApiError> {
+    let ns = resources::find("", "v1", "namespaces").ok_or(ApiError::NoRoute)?;
+    let opts = WriteOpts { field_validation: FieldValidation::Strict, ..Default::default() };
+    for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+        match api.create(ns, None, obj, &opts).await {
+            Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let svc = resources::find("", "v1", "services").ok_or(ApiError::NoRoute)?;
+    let ip = api.kubernetes_service_ip().to_string();
+    let exists = match api.get(svc, Some("default"), "kubernetes").await {
+        Ok(_) => true,
+        Err(ApiError::NotFound { .. }) => false,
+        Err(e) => return Err(e),
+    };
+    let obj = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+        "spec": {"clusterIP": ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
+    });
+    if !exists {
+        api.create(svc, Some("default"), obj, &opts).await?;
+    }
+    let ep = resources::find("", "v1", "endpoints").ok_or(ApiError::NoRoute)?;
+    let subsets =
+        json!([{"addresses": [{"ip": advertise}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]);
+    let obj = json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "kubernetes", "namespace": "default"}, "subsets": subsets});
+    match api.create(ep, Some("default"), obj, &opts).await {
+        Ok(_) => {}
+        Err(ApiError::AlreadyExists { .. }) => {
+            let s = subsets.clone();
+            api.update_with(ep, Some("default"), "kubernetes", None, &opts, |cur| {
+                let mut n = cur.clone();
+                n["subsets"] = s.clone();
+                Ok((n, None))
+            })
+            .await?;
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
+/// Runs the server until the listener fails.
+pub async fn run(cfg: Config) -> Result<(), RunError> {
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| RunError::Listen { addr: cfg.listen, source })?;
+    let local = listener.local_addr().map_err(|source| RunError::Listen { addr: cfg.listen, source })?;
+    let advertise = cfg.advertise.clone().unwrap_or_else(|| local.ip().to_string());
+    let server_url = format!("https://{advertise}:{}", local.port());
+    let store = open_store(&cfg).await?;
+    let api = Arc::new(Api::new(store.clone(), cfg.service_cidr, cfg.bookmark_interval));
+    api.recover().await?;
+    let mut hosts = vec![advertise.clone(), local.ip().to_string(), api.kubernetes_service_ip().to_string()];
+    hosts.dedup();
+    let pki = tls::Pki::ensure(&cfg.data_dir, &hosts, &server_url)?;
+    let tls_cfg = pki.server_config()?;
+    let tokens = tls::load_tokens(&pki.token_file)?;
+    bootstrap(&api, &advertise, local.port()).await?;
+
+    let sweeper = api.clone();
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            t.tick().await;
+            sweeper.sweep_graceful().await;
+        }
+    });
+    let (history, every) = (cfg.history, cfg.compact_interval);
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(every);
+        loop {
+            t.tick().await;
+            if let Err(e) = store.compact(history).await {
+                tracing::warn!(error = %e, "compaction failed");
+            }
+        }
+    });
+    let server = Arc::new(server::Server { api, tokens, server_address: format!("{advertise}:{}", local.port()) });
+    tracing::info!(%local, kubeconfig = %pki.admin_kubeconfig.display(), "keelson-apiserver listening");
+    println!("keelson-apiserver listening on https://{local} kubeconfig={}", pki.admin_kubeconfig.display());
+    server::serve(server, listener, tls_cfg).await.map_err(RunError::Serve)
+}

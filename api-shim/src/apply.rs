@@ -1,0 +1,372 @@
+//! Server-side apply: `PATCH` with `application/apply-patch+yaml`.
+//!
+//! Each applier's fields are recorded in `metadata.managedFields` (FieldsV1 format: `f:<field>`,
+//! `k:{merge key}` for keyed list items, `v:<value>` for set members). Applying a configuration
+//! merges it into the live object (strategic-merge rules), removes the fields this manager applied
+//! before but no longer does (unless another applier owns them), and fails with 409 Conflict
+//! naming the fields when another applier owns a field with a different value, unless `force`
+//! is set, which moves ownership. Updates through PUT/PATCH are not tracked as managers here.
+
+use serde_json::{Map, Value, json};
+
+use crate::api::{Api, WriteOpts};
+use crate::error::{ApiError, Cause};
+use crate::objects;
+use crate::patch::{ListStrategy, list_strategy, strategic_merge};
+use crate::resources::ResourceDef;
+
+/// One step of a field path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    Field(String),
+    Key(Map<String, Value>),
+    Value(Value),
+}
+
+type Path = Vec<Step>;
+
+/// All leaf paths of a configuration, following the merge strategies of the type.
+fn leaf_paths(v: &Value, names: &mut Vec<String>, cur: &mut Path, out: &mut Vec<Path>) {
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            for (k, child) in m {
+                cur.push(Step::Field(k.clone()));
+                names.push(k.clone());
+                match child {
+                    Value::Array(items) => {
+                        let strat = list_strategy(&names.iter().map(String::as_str).collect::<Vec<_>>());
+                        match strat {
+                            ListStrategy::MergeKey(key) => {
+                                for item in items {
+                                    let Some(kv) = item.get(key) else { continue };
+                                    let mut km = Map::new();
+                                    km.insert(key.to_string(), kv.clone());
+                                    cur.push(Step::Key(km));
+                                    out.push(cur.clone());
+                                    leaf_paths(item, names, cur, out);
+                                    cur.pop();
+                                }
+                            }
+                            ListStrategy::MergePrimitives => {
+                                for item in items {
+                                    cur.push(Step::Value(item.clone()));
+                                    out.push(cur.clone());
+                                    cur.pop();
+                                }
+                            }
+                            ListStrategy::Replace => out.push(cur.clone()),
+                        }
+                    }
+                    Value::Object(cm) if !cm.is_empty() => leaf_paths(child, names, cur, out),
+                    _ => out.push(cur.clone()),
+                }
+                names.pop();
+                cur.pop();
+            }
+        }
+        _ => out.push(cur.clone()),
+    }
+}
+
+fn step_token(s: &Step) -> String {
+    match s {
+        Step::Field(f) => format!("f:{f}"),
+        Step::Key(k) => format!("k:{}", Value::Object(k.clone())),
+        Step::Value(v) => format!("v:{v}"),
+    }
+}
+
+fn parse_token(t: &str) -> Option<Step> {
+    if let Some(f) = t.strip_prefix("f:") {
+        return Some(Step::Field(f.to_string()));
+    }
+    if let Some(k) = t.strip_prefix("k:") {
+        return serde_json::from_str::<Map<String, Value>>(k).ok().map(Step::Key);
+    }
+    if let Some(v) = t.strip_prefix("v:") {
+        return serde_json::from_str(v).ok().map(Step::Value);
+    }
+    None
+}
+
+/// Renders paths as a FieldsV1 tree.
+fn to_fields_v1(paths: &[Path]) -> Value {
+    let mut root = Map::new();
+    for p in paths {
+        let mut cur = &mut root;
+        for (i, s) in p.iter().enumerate() {
+            let entry = cur.entry(step_token(s)).or_insert_with(|| json!({}));
+            if i + 1 < p.len() && matches!(p[i + 1], Step::Key(_)) {
+                // keyed items own their identity (".")
+            }
+            let Value::Object(next) = entry else { break };
+            if matches!(s, Step::Key(_)) && i + 1 == p.len() {
+                next.insert(".".into(), json!({}));
+            }
+            cur = next;
+        }
+    }
+    Value::Object(root)
+}
+
+/// Parses a FieldsV1 tree back into leaf paths.
+fn from_fields_v1(v: &Value) -> Vec<Path> {
+    fn walk(v: &Value, cur: &mut Path, out: &mut Vec<Path>) {
+        let Some(m) = v.as_object() else { return };
+        let children: Vec<_> = m.iter().filter(|(k, _)| k.as_str() != ".").collect();
+        if (children.is_empty() || m.contains_key(".")) && !cur.is_empty() {
+            out.push(cur.clone());
+        }
+        for (k, child) in children {
+            if let Some(step) = parse_token(k) {
+                cur.push(step);
+                walk(child, cur, out);
+                cur.pop();
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(v, &mut Vec::new(), &mut out);
+    out
+}
+
+fn value_at<'a>(obj: &'a Value, path: &Path) -> Option<&'a Value> {
+    let mut cur = obj;
+    for s in path {
+        cur = match s {
+            Step::Field(f) => cur.get(f)?,
+            Step::Key(k) => cur.as_array()?.iter().find(|item| k.iter().all(|(kk, kv)| item.get(kk) == Some(kv)))?,
+            Step::Value(v) => cur.as_array()?.iter().find(|item| *item == v)?,
+        };
+    }
+    Some(cur)
+}
+
+fn remove_path(obj: &mut Value, path: &Path) {
+    let Some((last, parents)) = path.split_last() else { return };
+    let mut cur = obj;
+    for s in parents {
+        let next = match s {
+            Step::Field(f) => cur.get_mut(f),
+            Step::Key(k) => cur
+                .as_array_mut()
+                .and_then(|a| a.iter_mut().find(|item| k.iter().all(|(kk, kv)| item.get(kk) == Some(kv)))),
+            Step::Value(_) => None,
+        };
+        let Some(n) = next else { return };
+        cur = n;
+    }
+    match last {
+        Step::Field(f) => {
+            if let Value::Object(m) = cur {
+                m.remove(f);
+            }
+        }
+        Step::Key(k) => {
+            if let Value::Array(a) = cur {
+                a.retain(|item| !k.iter().all(|(kk, kv)| item.get(kk) == Some(kv)));
+            }
+        }
+        Step::Value(v) => {
+            if let Value::Array(a) = cur {
+                a.retain(|item| item != v);
+            }
+        }
+    }
+}
+
+fn path_string(p: &Path) -> String {
+    let mut s = String::new();
+    for step in p {
+        match step {
+            Step::Field(f) => {
+                s.push('.');
+                s.push_str(f);
+            }
+            Step::Key(k) => s.push_str(&format!("[{}]", Value::Object(k.clone()))),
+            Step::Value(v) => s.push_str(&format!("[={v}]")),
+        }
+    }
+    s
+}
+
+/// Fields of `config` an applier owns (identity fields excluded).
+fn owned_paths(config: &Value) -> Vec<Path> {
+    let mut out = Vec::new();
+    leaf_paths(config, &mut Vec::new(), &mut Vec::new(), &mut out);
+    out.retain(|p| {
+        !matches!(p.as_slice(), [Step::Field(f)] if f == "apiVersion" || f == "kind")
+            && !matches!(p.as_slice(), [Step::Field(m), Step::Field(f)] if m == "metadata" && (f == "name" || f == "namespace"))
+    });
+    out
+}
+
+fn managed_entry(manager: &str, api_version: &str, sub: Option<&str>, paths: &[Path]) -> Value {
+    let mut e = json!({
+        "manager": manager,
+        "operation": "Apply",
+        "apiVersion": api_version,
+        "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "fieldsType": "FieldsV1",
+        "fieldsV1": to_fields_v1(paths),
+    });
+    if let Some(s) = sub {
+        e["subresource"] = json!(s);
+    }
+    e
+}
+
+/// Applies `config` as `opts.field_manager`; returns (object, warnings, created).
+#[allow(clippy::too_many_arguments)]
+pub async fn server_side_apply(
+    api: &std::sync::Arc<Api>,
+    res: &'static ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+    sub: Option<&str>,
+    config: Value,
+    opts: &WriteOpts,
+    force: bool,
+) -> Result<(Value, Vec<String>, bool), ApiError> {
+    if !config.is_object() {
+        return Err(ApiError::bad_request("an apply configuration must be an object"));
+    }
+    if config.get("apiVersion").and_then(Value::as_str).is_none()
+        || config.get("kind").and_then(Value::as_str).is_none()
+    {
+        return Err(ApiError::bad_request("apiVersion and kind must be set in an apply configuration"));
+    }
+    if config.pointer("/metadata/name").and_then(Value::as_str).is_some_and(|n| n != name) {
+        return Err(ApiError::bad_request("the name of the object does not match the name on the URL"));
+    }
+    // Validate field names up front (strict by default for apply).
+    let mut typed = config.clone();
+    if let Value::Object(m) = &mut typed {
+        m.entry("metadata").or_insert_with(|| json!({}))["name"] = json!(name);
+    }
+    let (_, warnings) = objects::check_schema(res.kind, typed.clone(), opts.field_validation)?;
+    let mine = owned_paths(&config);
+    let manager = opts.field_manager.clone();
+    let api_version = res.api_version();
+    match api.get(res, ns, name).await {
+        Err(ApiError::NotFound { .. }) if sub.is_none() => {
+            let mut obj = typed;
+            obj["metadata"]["managedFields"] = json!([managed_entry(&manager, &api_version, None, &mine)]);
+            let (out, w) = api.create(res, ns, obj, opts).await?;
+            let mut all = warnings;
+            all.extend(w);
+            return Ok((out, all, true));
+        }
+        Err(e) => return Err(e),
+        Ok(_) => {}
+    }
+    let stripped = {
+        let mut c = config.clone();
+        if let Some(Value::Object(m)) = c.get_mut("metadata") {
+            m.remove("managedFields");
+            m.remove("resourceVersion");
+        }
+        c
+    };
+    let (out, w) = api
+        .update_with(res, ns, name, sub, opts, |cur| {
+            let entries: Vec<Value> =
+                cur.pointer("/metadata/managedFields").and_then(Value::as_array).cloned().unwrap_or_default();
+            let mut previous: Vec<Path> = Vec::new();
+            let mut others: Vec<(usize, Vec<Path>)> = Vec::new();
+            for (i, e) in entries.iter().enumerate() {
+                let paths = from_fields_v1(e.get("fieldsV1").unwrap_or(&Value::Null));
+                if e.get("manager").and_then(Value::as_str) == Some(manager.as_str())
+                    && e.get("operation").and_then(Value::as_str) == Some("Apply")
+                {
+                    previous = paths;
+                } else {
+                    others.push((i, paths));
+                }
+            }
+            let mut conflicts = Vec::new();
+            let mut lost: Vec<(usize, Path)> = Vec::new();
+            for p in &mine {
+                for (i, theirs) in &others {
+                    if theirs.iter().any(|t| t == p) && value_at(cur, p) != value_at(&stripped, p) {
+                        let who = entries[*i].get("manager").and_then(Value::as_str).unwrap_or("unknown");
+                        conflicts.push(Cause {
+                            reason: "FieldManagerConflict",
+                            field: path_string(p),
+                            message: format!("conflict with \"{who}\""),
+                        });
+                        lost.push((*i, p.clone()));
+                    }
+                }
+            }
+            if !conflicts.is_empty() && !force {
+                let n = conflicts.len();
+                let list: Vec<String> = conflicts.iter().map(|c| format!("{}: {}", c.message, c.field)).collect();
+                return Err(ApiError::ApplyConflict {
+                    message: format!(
+                        "Apply failed with {n} conflict{}: {}",
+                        if n == 1 { "" } else { "s" },
+                        list.join(", ")
+                    ),
+                    causes: conflicts,
+                });
+            }
+            let mut merged = strategic_merge(cur, &stripped).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            // Fields this manager stopped applying go away unless someone else owns them.
+            for p in &previous {
+                if !mine.contains(p) && !others.iter().any(|(_, t)| t.contains(p)) {
+                    remove_path(&mut merged, p);
+                }
+            }
+            let mut new_entries = Vec::new();
+            for (i, e) in entries.iter().enumerate() {
+                let is_mine = e.get("manager").and_then(Value::as_str) == Some(manager.as_str())
+                    && e.get("operation").and_then(Value::as_str) == Some("Apply");
+                if is_mine {
+                    continue;
+                }
+                let mut e = e.clone();
+                if force && lost.iter().any(|(j, _)| *j == i) {
+                    let mut paths = from_fields_v1(e.get("fieldsV1").unwrap_or(&Value::Null));
+                    paths.retain(|p| !lost.iter().any(|(j, lp)| *j == i && lp == p));
+                    if paths.is_empty() {
+                        continue;
+                    }
+                    e["fieldsV1"] = to_fields_v1(&paths);
+                }
+                new_entries.push(e);
+            }
+            new_entries.push(managed_entry(&manager, &api_version, sub, &mine));
+            merged["metadata"]["managedFields"] = Value::Array(new_entries);
+            Ok((merged, None))
+        })
+        .await?;
+    let mut all = warnings;
+    all.extend(w);
+    Ok((out, all, false))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn fields_v1_round_trip() {
+        let cfg = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "labels": {"a": "b"}},
+            "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+        let paths = owned_paths(&cfg);
+        let fv1 = to_fields_v1(&paths);
+        assert!(fv1.pointer("/f:spec/f:template/f:spec/f:containers/k:{\"name\":\"c\"}/f:image").is_some());
+        let mut back = from_fields_v1(&fv1);
+        let mut want = paths.clone();
+        back.sort_by_key(path_string);
+        want.sort_by_key(path_string);
+        assert_eq!(back, want);
+        let p = back.iter().find(|p| path_string(p).ends_with(".image")).unwrap();
+        assert_eq!(value_at(&cfg, p), Some(&json!("i")));
+        let mut obj = cfg.clone();
+        remove_path(&mut obj, p);
+        assert!(obj.pointer("/spec/template/spec/containers/0/image").is_none());
+    }
+}
