@@ -6,10 +6,7 @@ pub const PROGRAMS: &[(&str, &str)] = &[("sock_lb.bpf.c", "sock_lb.bpf.o")];
 
 /// Compiles every program in `src_dir` into `out_dir` with clang (`-O2 -g -target bpf`).
 /// Returns the object paths, or an error carrying clang's stderr.
-pub fn compile_all(
-    src_dir: &std::path::Path,
-    out_dir: &std::path::Path,
-) -> Result<Vec<std::path::PathBuf>, String> {
+pub fn compile_all(src_dir: &std::path::Path, out_dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>, String> {
     let clang = std::env::var("BPF_CLANG").unwrap_or_else(|_| "clang".to_string());
     let mut objects = Vec::new();
     for (src, obj) in PROGRAMS {
@@ -24,11 +21,7 @@ pub fn compile_all(
             .output()
             .map_err(|e| format!("cannot run {clang}: {e} (install clang and libbpf-dev: `cargo xtask deps`)"))?;
         if !out.status.success() {
-            return Err(format!(
-                "{clang} failed on {}:\n{}",
-                src_path.display(),
-                String::from_utf8_lossy(&out.stderr)
-            ));
+            return Err(format!("{clang} failed on {}:\n{}", src_path.display(), String::from_utf8_lossy(&out.stderr)));
         }
         objects.push(obj_path);
     }

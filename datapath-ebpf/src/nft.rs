@@ -6,15 +6,19 @@
 //! - `service-nodeports`: named verdict map `meta l4proto . th dport → goto fe-…`, consulted only when
 //!   `fib daddr type local` (NodePorts answer on every local address);
 //! - one chain `fe-<hash>` per frontend: masquerade marking for external Cluster-policy traffic,
-//!   affinity lookups, then a **probability cascade** `numgen random mod (N-i) == 0 goto ep-…` (uniform:
-//!   backend i is taken with 1/(N-i) of what is left), or `drop` when the frontend has no backend;
-//! - one chain `ep-<hash>` per (frontend, backend): hairpin masquerade mark, affinity update, DNAT.
+//!   affinity lookups, then a **probability cascade** `numgen random mod (N-i) == 0 … dnat to B_i`
+//!   (uniform: backend i takes 1/(N-i) of what is left; the last rule takes the rest), or `drop` when
+//!   the frontend has no backend;
+//! - `hairpin`: named set of `endpoint . endpoint` pairs; postrouting masquerades a DNATed packet whose
+//!   `ip saddr . ip daddr` is in it (a backend reaching itself through its service), which replaces
+//!   kube-proxy's per-endpoint chains with one set element per endpoint address.
 //!
-//! Why no `numgen … vmap { … }`: every such rule creates an anonymous set, and the kernel's cost of
-//! adding a set grows with the number of sets already in the table (measured: 24 s for 10k services,
-//! versus ~1 s for the same number of chains without sets). The cascade uses only plain compare
-//! expressions, so a full load is linear and adding a service touches one map element and a few
-//! chains. Affinity still uses named dynamic sets with timeouts, but only for ClientIP services.
+//! Why no `numgen … vmap { … }` and no per-endpoint chains: every such vmap creates an anonymous
+//! set, and the kernel's cost of adding a set grows with the number of sets already in the table
+//! (measured: 24 s for 10k services); and each extra chain costs parse and commit time. This layout
+//! has one chain per frontend and a constant number of sets (plus one dynamic set per backend of
+//! ClientIP-affinity services only), so a full load is linear and adding a service is one chain,
+//! its rules and two map/set elements.
 //!
 //! Changes are applied as one atomic `nft -j -f` transaction per sync; a failed transaction leaves
 //! the previous table intact and forces a full resync (delete + recreate the table in one
@@ -23,6 +27,8 @@
 use crate::model::{Backend, Change, Frontend, FrontendAddr, FrontendKey, ServiceTable};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 /// Packet mark bit that asks the postrouting chain to masquerade (kube-proxy uses the same bit).
@@ -110,11 +116,6 @@ pub fn frontend_chain(key: &FrontendKey) -> String {
     format!("fe-{}", hash12(&format!("fe|{key}")))
 }
 
-/// Chain name of one backend of a frontend.
-pub fn endpoint_chain(key: &FrontendKey, b: &Backend) -> String {
-    format!("ep-{}", hash12(&format!("ep|{key}|{}:{}", b.ip, b.port)))
-}
-
 /// Affinity set name of one backend of a frontend.
 pub fn affinity_set(key: &FrontendKey, b: &Backend) -> String {
     format!("af-{}", hash12(&format!("af|{key}|{}:{}", b.ip, b.port)))
@@ -148,6 +149,11 @@ fn jump(target: &str) -> Value {
     json!({"jump": {"target": target}})
 }
 
+/// Every distinct endpoint address of a table (one hairpin element each).
+fn endpoint_ips(t: &ServiceTable) -> BTreeSet<Ipv4Addr> {
+    t.frontends.values().flat_map(|f| f.backends.iter().map(|b| b.ip)).collect()
+}
+
 impl Renderer {
     fn obj(&self, extra: Value) -> Value {
         let mut o = json!({"family": "ip", "table": self.table});
@@ -171,6 +177,15 @@ impl Renderer {
     fn delete_chain(&self, name: &str) -> Value {
         json!({"delete": {"chain": self.obj(json!({"name": name}))}})
     }
+    fn elements(&self, verb: &str, set: &str, elems: Vec<Value>) -> Option<Value> {
+        if elems.is_empty() {
+            return None;
+        }
+        Some(json!({verb: {"element": self.obj(json!({"name": set, "elem": elems}))}}))
+    }
+    fn hairpin_elem(ip: Ipv4Addr) -> Value {
+        json!({"concat": [ip.to_string(), ip.to_string()]})
+    }
 
     /// The fixed skeleton: table, base chains, dispatch maps, masquerade plumbing.
     pub fn skeleton(&self) -> Vec<Value> {
@@ -181,6 +196,7 @@ impl Renderer {
                 "type": ["ipv4_addr", "inet_proto", "inet_service"], "map": "verdict"}))}}),
             json!({"add": {"map": self.obj(json!({"name": "service-nodeports",
                 "type": ["inet_proto", "inet_service"], "map": "verdict"}))}}),
+            json!({"add": {"set": self.obj(json!({"name": "hairpin", "type": ["ipv4_addr", "ipv4_addr"]}))}}),
             self.add_chain("services"),
             self.add_chain("mark-for-masquerade"),
             self.add_chain("masquerading"),
@@ -204,6 +220,15 @@ impl Renderer {
                 ],
             ),
             self.rule("mark-for-masquerade", vec![json!({"mangle": {"key": meta("mark"), "value": masq}})]),
+            // Hairpin: a backend that reached itself through a service must see the node as source.
+            self.rule(
+                "masquerading",
+                vec![
+                    json!({"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}),
+                    eq(json!({"concat": [payload("ip", "saddr"), payload("ip", "daddr")]}), json!("@hairpin")),
+                    json!({"masquerade": null}),
+                ],
+            ),
             self.rule(
                 "masquerading",
                 vec![eq(json!({"&": [meta("mark"), MASQ_MARK]}), json!(0)), json!({"return": null})],
@@ -223,52 +248,42 @@ impl Renderer {
         }
     }
 
-    /// Commands creating a frontend that does not exist yet (chains, sets, rules, map element).
-    pub fn add_frontend(&self, key: &FrontendKey, fe: &Frontend) -> Vec<Value> {
-        let mut out = Vec::new();
-        for b in &fe.backends {
-            out.extend(self.add_endpoint(key, fe, b));
-        }
-        let chain = frontend_chain(key);
-        out.push(self.add_chain(&chain));
-        out.extend(self.frontend_rules(key, fe));
+    fn map_entry(key: &FrontendKey) -> (&'static str, Value) {
         let (map, elem) = Self::map_element(key);
-        out.push(json!({"add": {"element": self.obj(json!({"name": map, "elem": [[elem, goto(&chain)]]}))}}));
+        (map, json!([elem, goto(&frontend_chain(key))]))
+    }
+
+    fn affinity_sets(&self, key: &FrontendKey, fe: &Frontend) -> Vec<Value> {
+        let Some(t) = fe.affinity_timeout_s else { return vec![] };
+        fe.backends
+            .iter()
+            .map(|b| {
+                json!({"add": {"set": self.obj(json!({"name": affinity_set(key, b), "type": "ipv4_addr",
+                    "flags": ["timeout"], "timeout": t}))}})
+            })
+            .collect()
+    }
+
+    fn delete_affinity_sets(&self, key: &FrontendKey, fe: &Frontend) -> Vec<Value> {
+        if fe.affinity_timeout_s.is_none() {
+            return vec![];
+        }
+        fe.backends
+            .iter()
+            .map(|b| json!({"delete": {"set": self.obj(json!({"name": affinity_set(key, b)}))}}))
+            .collect()
+    }
+
+    /// Chain + rules of a frontend (its map element is added separately, batched).
+    fn frontend_body(&self, key: &FrontendKey, fe: &Frontend) -> Vec<Value> {
+        let mut out = self.affinity_sets(key, fe);
+        out.push(self.add_chain(&frontend_chain(key)));
+        out.extend(self.frontend_rules(key, fe));
         out
     }
 
-    fn add_endpoint(&self, key: &FrontendKey, fe: &Frontend, b: &Backend) -> Vec<Value> {
-        let mut out = Vec::new();
-        if let Some(t) = fe.affinity_timeout_s {
-            out.push(json!({"add": {"set": self.obj(json!({"name": affinity_set(key, b), "type": "ipv4_addr",
-                "flags": ["timeout"], "timeout": t}))}}));
-        }
-        let chain = endpoint_chain(key, b);
-        out.push(self.add_chain(&chain));
-        out.extend(self.endpoint_rules(key, fe, b));
-        out
-    }
-
-    fn endpoint_rules(&self, key: &FrontendKey, fe: &Frontend, b: &Backend) -> Vec<Value> {
-        let chain = endpoint_chain(key, b);
-        let mut out = vec![
-            // Hairpin: a backend reaching itself through the service must see the node as source.
-            self.rule(&chain, vec![eq(payload("ip", "saddr"), json!(b.ip.to_string())), jump("mark-for-masquerade")]),
-        ];
-        if fe.affinity_timeout_s.is_some() {
-            let set = format!("@{}", affinity_set(key, b));
-            out.push(
-                self.rule(&chain, vec![json!({"set": {"op": "update", "elem": payload("ip", "saddr"), "set": set}})]),
-            );
-        }
-        out.push(self.rule(
-            &chain,
-            vec![
-                eq(meta("l4proto"), json!(key.proto.name())),
-                json!({"dnat": {"addr": b.ip.to_string(), "port": b.port}}),
-            ],
-        ));
-        out
+    fn dnat(key: &FrontendKey, b: &Backend) -> [Value; 2] {
+        [eq(meta("l4proto"), json!(key.proto.name())), json!({"dnat": {"addr": b.ip.to_string(), "port": b.port}})]
     }
 
     fn frontend_rules(&self, key: &FrontendKey, fe: &Frontend) -> Vec<Value> {
@@ -281,107 +296,123 @@ impl Renderer {
             out.push(self.rule(&chain, vec![json!({"drop": null})]));
             return out;
         }
+        let update = |b: &Backend| {
+            fe.affinity_timeout_s.map(|_| {
+                json!({"set": {"op": "update", "elem": payload("ip", "saddr"), "set": format!("@{}", affinity_set(key, b))}})
+            })
+        };
         if fe.affinity_timeout_s.is_some() {
             for b in &fe.backends {
-                let set = format!("@{}", affinity_set(key, b));
-                out.push(
-                    self.rule(&chain, vec![eq(payload("ip", "saddr"), json!(set)), goto(&endpoint_chain(key, b))]),
-                );
+                let mut e = vec![eq(payload("ip", "saddr"), json!(format!("@{}", affinity_set(key, b))))];
+                e.extend(update(b));
+                e.extend(Self::dnat(key, b));
+                out.push(self.rule(&chain, e));
             }
         }
         let n = fe.backends.len();
         for (i, b) in fe.backends.iter().enumerate() {
-            let target = endpoint_chain(key, b);
-            if i + 1 == n {
-                out.push(self.rule(&chain, vec![goto(&target)]));
-            } else {
+            let mut e = Vec::new();
+            if i + 1 < n {
                 let ng = json!({"numgen": {"mode": "random", "mod": (n - i) as u32, "offset": 0}});
-                out.push(self.rule(&chain, vec![eq(ng, json!(0)), goto(&target)]));
+                e.push(eq(ng, json!(0)));
             }
-        }
-        out
-    }
-
-    fn remove_endpoint(&self, key: &FrontendKey, fe: &Frontend, b: &Backend) -> Vec<Value> {
-        let chain = endpoint_chain(key, b);
-        let mut out = vec![self.flush_chain(&chain), self.delete_chain(&chain)];
-        if fe.affinity_timeout_s.is_some() {
-            out.push(json!({"delete": {"set": self.obj(json!({"name": affinity_set(key, b)}))}}));
-        }
-        out
-    }
-
-    /// Commands removing an existing frontend (`old` is what was applied).
-    pub fn remove_frontend(&self, key: &FrontendKey, old: &Frontend) -> Vec<Value> {
-        let (map, elem) = Self::map_element(key);
-        let chain = frontend_chain(key);
-        let mut out = vec![
-            json!({"delete": {"element": self.obj(json!({"name": map, "elem": [elem]}))}}),
-            self.flush_chain(&chain),
-            self.delete_chain(&chain),
-        ];
-        for b in &old.backends {
-            out.extend(self.remove_endpoint(key, old, b));
-        }
-        out
-    }
-
-    /// Commands turning applied frontend `old` into `new` in place: the frontend chain is rewritten,
-    /// endpoint chains are added/removed/rewritten; the map element stays.
-    pub fn update_frontend(&self, key: &FrontendKey, old: &Frontend, new: &Frontend) -> Vec<Value> {
-        let chain = frontend_chain(key);
-        let affinity_changed = old.affinity_timeout_s != new.affinity_timeout_s;
-        let mut out = vec![self.flush_chain(&chain)];
-        // Endpoint chains unchanged in identity are rewritten unless nothing about them changed.
-        let id = |b: &Backend| (b.ip, b.port);
-        for b in &new.backends {
-            let existed = old.backends.iter().any(|o| id(o) == id(b));
-            if !existed || affinity_changed {
-                if existed {
-                    out.extend(self.remove_endpoint(key, old, b));
-                }
-                out.extend(self.add_endpoint(key, new, b));
-            }
-        }
-        out.extend(self.frontend_rules(key, new));
-        for b in &old.backends {
-            if !new.backends.iter().any(|n| id(n) == id(b)) {
-                out.extend(self.remove_endpoint(key, old, b));
-            }
+            e.extend(update(b));
+            e.extend(Self::dnat(key, b));
+            out.push(self.rule(&chain, e));
         }
         out
     }
 
     /// A full, atomic resync: recreate the table from scratch in one transaction. (`add table`
-    /// first so that `delete table` cannot fail when it is missing.)
+    /// first so that `delete table` cannot fail when it is missing.) Map and set elements are
+    /// batched into one command per map.
     pub fn full(&self, table: &ServiceTable) -> Vec<Value> {
         let mut out = vec![
             json!({"add": {"table": {"family": "ip", "name": self.table}}}),
             json!({"delete": {"table": {"family": "ip", "name": self.table}}}),
         ];
         out.extend(self.skeleton());
+        let mut elems: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
         for (k, fe) in &table.frontends {
-            out.extend(self.add_frontend(k, fe));
+            out.extend(self.frontend_body(k, fe));
+            let (map, e) = Self::map_entry(k);
+            elems.entry(map).or_default().push(e);
         }
+        for (map, e) in elems {
+            out.extend(self.elements("add", map, e));
+        }
+        out.extend(self.elements("add", "hairpin", endpoint_ips(table).into_iter().map(Self::hairpin_elem).collect()));
         out
     }
 
-    /// Incremental commands for `changes` computed against `applied`.
-    pub fn incremental(&self, applied: &ServiceTable, changes: &[Change]) -> Vec<Value> {
+    /// Incremental commands for `changes` computed against `applied`, turning it into `desired`.
+    pub fn incremental(&self, applied: &ServiceTable, desired: &ServiceTable, changes: &[Change]) -> Vec<Value> {
         let mut out = Vec::new();
+        let mut add_elems: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+        let mut del_elems: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+        let mut deleted_chains = Vec::new();
+        let mut deleted_sets = Vec::new();
         for c in changes {
             match c {
                 Change::Upsert(k, fe) => match applied.frontends.get(k) {
-                    Some(old) => out.extend(self.update_frontend(k, old, fe)),
-                    None => out.extend(self.add_frontend(k, fe)),
+                    Some(old) => {
+                        // Rewrite the chain in place; the map element keeps pointing at it.
+                        let chain = frontend_chain(k);
+                        out.push(self.flush_chain(&chain));
+                        // The flush unreferenced the old affinity sets: drop those not kept, add new ones.
+                        let same_timeout = old.affinity_timeout_s == fe.affinity_timeout_s;
+                        let names = |f: &Frontend| -> BTreeSet<String> {
+                            if f.affinity_timeout_s.is_none() {
+                                return BTreeSet::new();
+                            }
+                            f.backends.iter().map(|b| affinity_set(k, b)).collect()
+                        };
+                        let (old_sets, new_sets) = (names(old), names(fe));
+                        for name in &old_sets {
+                            if !(same_timeout && new_sets.contains(name)) {
+                                out.push(json!({"delete": {"set": self.obj(json!({"name": name}))}}));
+                            }
+                        }
+                        for cmd in self.affinity_sets(k, fe) {
+                            let name = cmd.pointer("/add/set/name").and_then(Value::as_str).unwrap_or_default();
+                            if !(same_timeout && old_sets.contains(name)) {
+                                out.push(cmd);
+                            }
+                        }
+                        out.extend(self.frontend_rules(k, fe));
+                    }
+                    None => {
+                        out.extend(self.frontend_body(k, fe));
+                        let (map, e) = Self::map_entry(k);
+                        add_elems.entry(map).or_default().push(e);
+                    }
                 },
                 Change::Remove(k) => {
                     if let Some(old) = applied.frontends.get(k) {
-                        out.extend(self.remove_frontend(k, old));
+                        let (map, e) = Self::map_element(k);
+                        del_elems.entry(map).or_default().push(e);
+                        let chain = frontend_chain(k);
+                        out.push(self.flush_chain(&chain));
+                        deleted_chains.push(self.delete_chain(&chain));
+                        deleted_sets.extend(self.delete_affinity_sets(k, old));
                     }
                 }
             }
         }
+        let (old_ips, new_ips) = (endpoint_ips(applied), endpoint_ips(desired));
+        for (map, e) in del_elems {
+            out.extend(self.elements("delete", map, e));
+        }
+        for (map, e) in add_elems {
+            out.extend(self.elements("add", map, e));
+        }
+        let gone: Vec<Value> = old_ips.difference(&new_ips).map(|ip| Self::hairpin_elem(*ip)).collect();
+        let added: Vec<Value> = new_ips.difference(&old_ips).map(|ip| Self::hairpin_elem(*ip)).collect();
+        out.extend(self.elements("delete", "hairpin", gone));
+        out.extend(self.elements("add", "hairpin", added));
+        // Unreferenced only now: chains after their map elements, sets after the rules using them.
+        out.extend(deleted_chains);
+        out.extend(deleted_sets);
         out
     }
 }
@@ -439,7 +470,7 @@ impl<B: NftBackend> NftProxier<B> {
         if changes.is_empty() {
             return Ok(SyncReport { full: false, commands: 0, changes: 0 });
         }
-        let cmds = self.renderer.incremental(&self.applied, &changes);
+        let cmds = self.renderer.incremental(&self.applied, desired, &changes);
         let n = cmds.len();
         if let Err(e) = self.backend.apply(&self.renderer.table, &cmds) {
             tracing::warn!(error = %e, "nft incremental sync failed; next sync is a full resync");

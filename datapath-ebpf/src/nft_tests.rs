@@ -104,7 +104,15 @@ fn full_sync_renders_model_semantics() {
     assert_eq!(p.backend().trace(DEFAULT_TABLE, &empty), Some(vec![]), "no endpoints → drop");
     let unknown = FrontendKey { addr: FrontendAddr::Ip("10.96.0.99".parse().unwrap()), port: 80, proto: Protocol::Tcp };
     assert_eq!(p.backend().trace(DEFAULT_TABLE, &unknown), None);
-    assert_eq!(p.backend().set_count(DEFAULT_TABLE), 1, "one affinity set for the single sticky backend");
+    assert_eq!(p.backend().set_count(DEFAULT_TABLE), 2, "hairpin + one affinity set for the single sticky backend");
+    assert_eq!(
+        p.backend().set_elements(DEFAULT_TABLE, "hairpin"),
+        vec![
+            r#"{"concat":["10.1.0.2","10.1.0.2"]}"#,
+            r#"{"concat":["10.1.0.3","10.1.0.3"]}"#,
+            r#"{"concat":["10.2.0.2","10.2.0.2"]}"#
+        ]
+    );
 }
 
 #[test]
@@ -151,6 +159,11 @@ fn incremental_sequence_matches_full_render() {
             p.backend().set_count(DEFAULT_TABLE),
             fresh.backend().set_count(DEFAULT_TABLE),
             "step {i}: no leaked sets"
+        );
+        assert_eq!(
+            p.backend().set_elements(DEFAULT_TABLE, "hairpin"),
+            fresh.backend().set_elements(DEFAULT_TABLE, "hairpin"),
+            "step {i}: hairpin elements follow the endpoints"
         );
     }
 }
@@ -208,4 +221,32 @@ fn fake_rejects_what_the_kernel_rejects() {
     let bad = r.rule("services", vec![goto("missing")]);
     assert!(f.apply(DEFAULT_TABLE, &[bad]).is_err());
     assert!(f.apply(DEFAULT_TABLE, &[r.delete_chain("services")]).is_err(), "non-empty chain");
+}
+
+#[test]
+fn affinity_sets_follow_backend_and_timeout_changes() {
+    let sticky = |timeout: u32, eps: &[(&str, &str)]| {
+        table(
+            &[svc(
+                "s",
+                "10.96.0.11",
+                json!({"sessionAffinity": "ClientIP",
+                "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": timeout}}}),
+            )],
+            &[slice("s", eps)],
+        )
+    };
+    let steps = [
+        sticky(60, &[("10.1.0.1", "n1"), ("10.1.0.2", "n1")]),
+        sticky(60, &[("10.1.0.2", "n1"), ("10.1.0.3", "n1")]), // one kept, one replaced
+        sticky(90, &[("10.1.0.2", "n1"), ("10.1.0.3", "n1")]), // timeout change recreates sets
+        sticky(90, &[]),
+    ];
+    let mut p = NftProxier::new(FakeNft::default(), DEFAULT_TABLE);
+    for (i, t) in steps.iter().enumerate() {
+        p.sync(t).unwrap_or_else(|e| panic!("step {i}: {e}"));
+        assert_traces_match(p.backend(), t);
+        let want_sets = 1 + t.frontends.values().next().unwrap().backends.len();
+        assert_eq!(p.backend().set_count(DEFAULT_TABLE), want_sets, "step {i}");
+    }
 }

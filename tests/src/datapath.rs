@@ -106,19 +106,24 @@ fn link_pod(node: &Netns, pod: &Netns, idx: u8) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn server(ns: &Netns, name: &str, proto: &str) -> anyhow::Result<Bg> {
-    let (listen, action) = match proto {
-        "tcp" => ("TCP4-LISTEN:8080,fork,reuseaddr", format!("SYSTEM:echo {name} $SOCAT_PEERADDR")),
-        "echo" => ("TCP4-LISTEN:8081,fork,reuseaddr", "EXEC:cat".to_string()),
-        _ => ("UDP4-RECVFROM:8080,fork", format!("SYSTEM:echo {name} $SOCAT_PEERADDR")),
+fn server(ns: &Netns, name: &str, kind: &str) -> anyhow::Result<Bg> {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", ns.path().display())).arg("--");
+    match kind {
+        "tcp" => cmd.args(["socat", "TCP4-LISTEN:8080,fork,reuseaddr", &format!("SYSTEM:echo {name} $SOCAT_PEERADDR")]),
+        "echo" => cmd.args(["socat", &format!("TCP4-LISTEN:{ECHO_PORT},fork,reuseaddr"), "EXEC:cat"]),
+        // A single-process UDP responder: socat's forking UDP server lets a lingering child steal
+        // the next datagram, which makes answers flaky.
+        _ => cmd.args([
+            "python3",
+            "-c",
+            &format!(
+                "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',8080))\n\
+                 while True:\n d,a=s.recvfrom(2048)\n s.sendto(('{name} %s:%d\\n'%a).encode(),a)\n"
+            ),
+        ]),
     };
-    let child = Command::new("nsenter")
-        .arg(format!("--net={}", ns.path().display()))
-        .args(["--", "socat", listen, &action])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
     Ok(Bg(child))
 }
 

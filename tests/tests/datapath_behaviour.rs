@@ -61,6 +61,7 @@ fn objects() -> (Vec<Service>, Vec<EndpointSlice>) {
         svc("udp", "10.96.0.17", "UDP", None, json!({})),
         svc("sticky", "10.96.0.18", "TCP", None, json!({"sessionAffinity": "ClientIP"})),
         svc("sctp", "10.96.0.19", "SCTP", None, json!({})),
+        svc("hairpin", "10.96.0.21", "TCP", None, json!({})),
     ];
     let slices = vec![
         both("cluster", "TCP"),
@@ -71,6 +72,7 @@ fn objects() -> (Vec<Service>, Vec<EndpointSlice>) {
         slice("etp-local-none", "TCP", &[(P2_IP, REMOTE, "R")]),
         both("udp", "UDP"),
         both("sticky", "TCP"),
+        slice("hairpin", "TCP", &[(P1_IP, LOCAL, "R")]),
     ];
     (svcs, slices)
 }
@@ -78,6 +80,8 @@ fn objects() -> (Vec<Service>, Vec<EndpointSlice>) {
 #[derive(Clone, Copy, Debug)]
 enum From {
     Pod,
+    /// The backend pod p1 itself (hairpin).
+    Backend,
     Node,
     External,
 }
@@ -167,6 +171,14 @@ const CASES: &[Case] = &[
         want: &["p1", "p2"],
     },
     Case {
+        name: "hairpin: backend reaches itself",
+        from: From::Backend,
+        dst: "10.96.0.21",
+        port: 80,
+        udp: false,
+        want: &["p1"],
+    },
+    Case {
         name: "unsupported SCTP port not programmed",
         from: From::Pod,
         dst: "10.96.0.19",
@@ -203,6 +215,7 @@ fn run_suite(mode: Mode, want_backend: BackendKind) {
         let (pods, peers) = responders(tries, || {
             let (ns, cgroup) = match c.from {
                 From::Pod => (&topo.client, Some(cg.path.as_path())),
+                From::Backend => (&topo.p1, Some(cg.path.as_path())),
                 From::Node => (&topo.node, Some(cg.path.as_path())),
                 From::External => (&topo.ext, None),
             };

@@ -3,6 +3,7 @@
 //! Each command lives in its own module; `main` only parses arguments and dispatches.
 
 mod bench;
+mod build_ebpf;
 mod ci;
 mod deps;
 mod images;
@@ -28,6 +29,8 @@ enum Cmd {
     Up(up::UpArgs),
     /// fmt check, clippy -D warnings, unit tests, then the privileged integration tests.
     Ci(ci::CiArgs),
+    /// Compile the datapath's C eBPF programs into <target>/bpf (same code as datapath-ebpf/build.rs).
+    BuildEbpf,
     /// Benchmarks printed as ratios against a baseline measured in the same run.
     Bench(bench::BenchArgs),
 }
@@ -39,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Images => images::run().map(|_| ()),
         Cmd::Up(a) => up::run(a),
         Cmd::Ci(a) => ci::run(a),
+        Cmd::BuildEbpf => build_ebpf::run(),
         Cmd::Bench(a) => bench::run(a),
     }
 }

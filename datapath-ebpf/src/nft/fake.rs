@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 struct Table {
     chains: BTreeMap<String, Vec<Value>>,
     maps: BTreeMap<String, BTreeMap<String, String>>,
-    sets: BTreeSet<String>,
+    sets: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// See the module docs.
@@ -61,7 +61,7 @@ impl Table {
         refs(expr, &mut all);
         for r in all {
             let ok = match r.strip_prefix('@') {
-                Some(set) => self.sets.contains(set) || self.maps.contains_key(set),
+                Some(set) => self.sets.contains_key(set) || self.maps.contains_key(set),
                 None => self.chains.contains_key(&r),
             };
             if !ok {
@@ -97,7 +97,7 @@ impl FakeNft {
                 t.maps.entry(name_of(o)?).or_default();
             }
             ("add", "set") => {
-                t.sets.insert(name_of(o)?);
+                t.sets.entry(name_of(o)?).or_default();
             }
             ("add", "rule") => {
                 let chain = o.get("chain").and_then(Value::as_str).ok_or("rule without chain")?;
@@ -126,13 +126,24 @@ impl FakeNft {
                 if t.referenced(&n) {
                     return Err(format!("delete of referenced set {n}"));
                 }
-                if !t.sets.remove(&n) {
+                if t.sets.remove(&n).is_none() {
                     return Err(format!("delete of missing set {n}"));
                 }
             }
             ("add", "element") | ("delete", "element") => {
                 let n = name_of(o)?;
                 let elems = o.get("elem").and_then(Value::as_array).ok_or("element without elem")?;
+                if let Some(set) = t.sets.get_mut(&n) {
+                    for e in elems {
+                        let k = e.to_string();
+                        if verb == "add" {
+                            set.insert(k);
+                        } else if !set.remove(&k) {
+                            return Err(format!("delete of missing element {k} in set {n}"));
+                        }
+                    }
+                    return Ok(());
+                }
                 for e in elems {
                     let (key, target) = match e.as_array() {
                         Some(pair) if pair.len() == 2 && verb == "add" => {
@@ -176,6 +187,11 @@ impl FakeNft {
 
     pub fn set_count(&self, table: &str) -> usize {
         self.tables.get(table).map(|t| t.sets.len()).unwrap_or(0)
+    }
+
+    /// Elements of a named set (JSON-encoded), e.g. the hairpin pairs.
+    pub fn set_elements(&self, table: &str, set: &str) -> Vec<String> {
+        self.tables.get(table).and_then(|t| t.sets.get(set)).map(|s| s.iter().cloned().collect()).unwrap_or_default()
     }
 
     /// Follows `key` through the dispatch map and chains: `None` if no map element matches,

@@ -2,6 +2,7 @@
 //! the same run, as a ratio. Benchmarks never assert timings; they report.
 
 mod cni;
+mod datapath;
 
 use clap::Args;
 
@@ -17,6 +18,7 @@ pub struct BenchArgs {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.name.as_str() {
         "cni" => cni::run_bench(&args.rest),
+        "datapath" => datapath::run_bench(&args.rest),
         other => anyhow::bail!("unknown benchmark {other:?}"),
     }
 }
