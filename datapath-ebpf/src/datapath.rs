@@ -2,10 +2,12 @@
 //! nftables when the programs cannot be loaded, sync tables, repair tampering, expose metrics.
 //!
 //! In eBPF mode the socket-LB serves every client on the node (pods in the attached cgroup); traffic
-//! arriving from outside the node for NodePort / LoadBalancer / externalIP frontends is served by the
-//! nftables table restricted to those external frontends (the tc NodePort program is not written
-//! yet), so both modes give the same answers for every case of the behaviour suite.
+//! arriving from outside for NodePort / LoadBalancer / externalIP frontends is served by the tc
+//! programs on the configured uplink. The nftables table still exists in eBPF mode, for two jobs: the
+//! masquerade rule the tc program relies on (it marks packets that need SNAT), and — only when no
+//! uplink is configured — serving the external frontends itself.
 
+use crate::ebpf::loader::Uplink;
 use crate::ebpf::{EbpfError, EbpfProxier, PinnedMaps, SockLb};
 use crate::model::{NodeInfo, ServiceTable};
 use crate::nft::{NftCli, NftError, NftProxier};
@@ -46,6 +48,9 @@ pub struct DatapathConfig {
     pub pin_dir: PathBuf,
     /// cgroup2 directory whose processes get the socket-LB (e.g. the pods' parent cgroup).
     pub cgroup: PathBuf,
+    /// Interface where traffic from outside arrives (tc NodePort programs); `None` = nftables serves
+    /// external frontends in eBPF mode too.
+    pub uplink: Option<Uplink>,
     pub nft_table: String,
     /// Run `nft` inside this network namespace (tests); `None` = the current one.
     pub nft_netns: Option<PathBuf>,
@@ -60,7 +65,7 @@ pub enum DatapathError {
 }
 
 enum Active {
-    Ebpf { lb: SockLb, proxier: Box<EbpfProxier<PinnedMaps>>, external: NftProxier<NftCli> },
+    Ebpf { lb: SockLb, proxier: Box<EbpfProxier<PinnedMaps>>, external: NftProxier<NftCli>, tc: bool },
     Nft(NftProxier<NftCli>),
 }
 
@@ -94,11 +99,16 @@ impl Datapath {
         let mut start_report = None;
         let active = match cfg.mode {
             Mode::Nft => Active::Nft(nft()),
-            Mode::Ebpf | Mode::Auto => match SockLb::ensure(&cfg.pin_dir, &cfg.cgroup) {
+            Mode::Ebpf | Mode::Auto => match SockLb::ensure(&cfg.pin_dir, &cfg.cgroup, cfg.uplink.as_ref()) {
                 Ok((lb, maps, rep)) => {
                     tracing::info!(adopted = ?rep.adopted, attached = ?rep.attached, pin_dir = %cfg.pin_dir.display(), "eBPF socket-LB ready");
                     start_report = Some(rep);
-                    Active::Ebpf { lb, proxier: Box::new(EbpfProxier::new(maps, cfg.node.clone())), external: nft() }
+                    Active::Ebpf {
+                        lb,
+                        proxier: Box::new(EbpfProxier::new(maps, cfg.node.clone())),
+                        external: nft(),
+                        tc: cfg.uplink.is_some(),
+                    }
                 }
                 Err(e) if cfg.mode == Mode::Auto => {
                     tracing::warn!(error = %e, "eBPF datapath cannot load; falling back to nftables");
@@ -130,10 +140,11 @@ impl Datapath {
     pub fn sync(&mut self, table: &ServiceTable) -> Result<(), DatapathError> {
         self.syncs += 1;
         let res: Result<(), DatapathError> = match &mut self.active {
-            Active::Ebpf { proxier, external, .. } => match proxier.sync(table) {
+            Active::Ebpf { proxier, external, tc, .. } => match proxier.sync(table) {
                 Ok(rep) => {
                     self.last_ebpf_sync = Some(rep);
-                    external.sync(&external_only(table)).map(|_| ()).map_err(DatapathError::from)
+                    let ext = if *tc { ServiceTable::default() } else { external_only(table) };
+                    external.sync(&ext).map(|_| ()).map_err(DatapathError::from)
                 }
                 Err(e) => Err(e.into()),
             },
@@ -149,7 +160,7 @@ impl Datapath {
     /// Periodic tamper check and repair of kernel objects (the next `sync` rewrites content).
     pub fn check(&mut self) -> Result<(), DatapathError> {
         match &mut self.active {
-            Active::Ebpf { lb, proxier, external } => {
+            Active::Ebpf { lb, proxier, external, .. } => {
                 external.check();
                 let rep = lb.repair(proxier_maps(proxier))?;
                 if !rep.attached.is_empty() || !rep.repinned.is_empty() {

@@ -20,6 +20,10 @@ pub static SOCK_LB_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 
 /// Scope of a service-map entry: looked up by the socket hooks.
 pub const SCOPE_SOCKET: u8 = 0;
+/// Scope of a service-map entry: looked up by the tc program for traffic from outside the node.
+pub const SCOPE_EXTERNAL: u8 = 1;
+/// `SvcVal::flags` bit: SNAT external traffic to the node (externalTrafficPolicy Cluster).
+pub const FLAG_MASQUERADE: u16 = 1;
 /// The most backends the socket-LB's affinity check scans (`bpf/sock_lb.bpf.c`).
 pub const MAX_AFFINITY_SCAN: usize = 256;
 
@@ -144,24 +148,28 @@ impl<M: LbMaps> EbpfProxier<M> {
         self.need_full = true;
     }
 
-    /// The socket-scope service keys of a frontend (a NodePort listens on every node IP).
-    pub fn svc_keys(&self, key: &FrontendKey) -> Vec<SvcKey> {
-        let mk = |ip: Ipv4Addr| SvcKey {
-            addr: net_addr(ip),
-            port: net_port(key.port),
-            proto: key.proto.number(),
-            scope: SCOPE_SOCKET,
+    /// The service-map keys of a frontend: socket scope for every frontend, plus external scope for
+    /// NodePort / LoadBalancer / externalIP frontends (a NodePort listens on every node IP).
+    pub fn svc_keys(&self, key: &FrontendKey, fe: &Frontend) -> Vec<SvcKey> {
+        let ips: Vec<Ipv4Addr> = match key.addr {
+            FrontendAddr::Ip(ip) => vec![ip],
+            FrontendAddr::NodePort => self.node.ips.clone(),
         };
-        match key.addr {
-            FrontendAddr::Ip(ip) => vec![mk(ip)],
-            FrontendAddr::NodePort => self.node.ips.iter().copied().map(mk).collect(),
+        let scopes: &[u8] = if fe.kind.is_external() { &[SCOPE_SOCKET, SCOPE_EXTERNAL] } else { &[SCOPE_SOCKET] };
+        let mut out = Vec::new();
+        for &scope in scopes {
+            for ip in &ips {
+                out.push(SvcKey { addr: net_addr(*ip), port: net_port(key.port), proto: key.proto.number(), scope });
+            }
         }
+        out
     }
 
     fn svc_val(id: u32, fe: &Frontend) -> Result<SvcVal, EbpfError> {
         let count = u16::try_from(fe.backends.len())
             .map_err(|_| EbpfError::TooManyBackends { frontend: fe.service.to_string(), count: fe.backends.len() })?;
-        Ok(SvcVal { id, count, flags: 0, affinity_secs: fe.affinity_timeout_s.unwrap_or(0) })
+        let flags = if fe.masquerade_external { FLAG_MASQUERADE } else { 0 };
+        Ok(SvcVal { id, count, flags, affinity_secs: fe.affinity_timeout_s.unwrap_or(0) })
     }
 
     fn be_vals(fe: &Frontend) -> Vec<BeVal> {
@@ -213,18 +221,23 @@ impl<M: LbMaps> EbpfProxier<M> {
     }
 
     fn upsert(&mut self, key: FrontendKey, fe: Frontend, rep: &mut EbpfSyncReport) -> Result<(), EbpfError> {
-        let (id, old_count) = match self.applied.get(&key) {
-            Some((id, old)) => (*id, old.backends.len()),
-            None => (self.alloc_id(), 0),
+        let (id, old_count, old_keys) = match self.applied.get(&key) {
+            Some((id, old)) => (*id, old.backends.len(), self.svc_keys(&key, old)),
+            None => (self.alloc_id(), 0, vec![]),
         };
+        let new_keys = self.svc_keys(&key, &fe);
         let val = Self::svc_val(id, &fe)?;
         for (slot, bv) in Self::be_vals(&fe).into_iter().enumerate() {
             self.maps.put_backend(BeKey { id, slot: slot as u32 }, bv)?;
             rep.writes += 1;
         }
-        for sk in self.svc_keys(&key) {
-            self.maps.put_service(sk, val)?;
+        for sk in &new_keys {
+            self.maps.put_service(*sk, val)?;
             rep.writes += 1;
+        }
+        for sk in old_keys.iter().filter(|k| !new_keys.contains(k)) {
+            self.maps.del_service(sk)?;
+            rep.deletes += 1;
         }
         for slot in fe.backends.len()..old_count {
             self.maps.del_backend(&BeKey { id, slot: slot as u32 })?;
@@ -236,7 +249,7 @@ impl<M: LbMaps> EbpfProxier<M> {
 
     fn remove(&mut self, key: &FrontendKey, rep: &mut EbpfSyncReport) -> Result<(), EbpfError> {
         let Some((id, old)) = self.applied.get(key).cloned() else { return Ok(()) };
-        for sk in self.svc_keys(key) {
+        for sk in self.svc_keys(key, &old) {
             self.maps.del_service(&sk)?;
             rep.deletes += 1;
         }
@@ -258,8 +271,8 @@ impl<M: LbMaps> EbpfProxier<M> {
         self.used_ids.clear();
         // Pass 1: keep ids the kernel already associates with a desired frontend.
         let mut ids: BTreeMap<FrontendKey, u32> = BTreeMap::new();
-        for key in desired.frontends.keys() {
-            let existing = self.svc_keys(key).iter().find_map(|sk| kernel_svc.get(sk)).map(|v| v.id);
+        for (key, fe) in &desired.frontends {
+            let existing = self.svc_keys(key, fe).iter().find_map(|sk| kernel_svc.get(sk)).map(|v| v.id);
             if let Some(id) = existing
                 && self.used_ids.insert(id)
             {
@@ -282,7 +295,7 @@ impl<M: LbMaps> EbpfProxier<M> {
         for (key, fe) in &desired.frontends {
             let id = ids[key];
             let val = Self::svc_val(id, fe)?;
-            for sk in self.svc_keys(key) {
+            for sk in self.svc_keys(key, fe) {
                 want_svc.insert(sk, val);
             }
             for (slot, bv) in Self::be_vals(fe).into_iter().enumerate() {

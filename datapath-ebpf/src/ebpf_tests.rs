@@ -61,7 +61,7 @@ fn assert_resolves(maps: &FakeLbMaps, t: &ServiceTable) {
             FrontendAddr::NodePort => node().ips,
         };
         for ip in ips {
-            expected_svc_entries += 1;
+            expected_svc_entries += if fe.kind.is_external() { 2 } else { 1 };
             assert_eq!(maps.resolve(ip, k.port, k.proto), Some(want.clone()), "frontend {k} on {ip}");
         }
     }
@@ -152,6 +152,29 @@ fn tampered_map_entries_are_repaired_by_full_sync() {
     p.request_full_sync();
     p.sync(&t2()).unwrap();
     assert_resolves(&p.maps, &t2());
+}
+
+#[test]
+fn external_frontends_get_tc_scope_entries_with_masquerade_flag() {
+    let mut p = EbpfProxier::new(FakeLbMaps::default(), node());
+    let t = table(
+        &[
+            svc("c", "10.96.0.10", json!({"type": "NodePort"})),
+            svc("l", "10.96.0.11", json!({"type": "NodePort", "externalTrafficPolicy": "Local"})),
+        ],
+        &[slice("c", &[("10.1.0.2", "n1")]), slice("l", &[("10.1.0.3", "n1")])],
+    );
+    p.sync(&t).unwrap();
+    let ext: Vec<&SvcVal> = p.maps.svc.iter().filter(|(k, _)| k.scope == SCOPE_EXTERNAL).map(|(_, v)| v).collect();
+    assert_eq!(ext.len(), 4, "two NodePorts on two node IPs");
+    assert_eq!(ext.iter().filter(|v| v.flags & FLAG_MASQUERADE != 0).count(), 2, "only the Cluster-policy one");
+    let no_ext = p.maps.svc.keys().filter(|k| k.scope == SCOPE_EXTERNAL && k.port == net_port(80)).count();
+    assert_eq!(no_ext, 0, "ClusterIPs are never reachable from outside");
+    // Type change to ClusterIP removes the external entries incrementally.
+    let t2 = table(&[svc("c", "10.96.0.10", json!({})), svc("l", "10.96.0.11", json!({}))], &[]);
+    p.sync(&t2).unwrap();
+    assert!(p.maps.svc.keys().all(|k| k.scope == SCOPE_SOCKET));
+    assert_resolves(&p.maps, &t2);
 }
 
 #[test]

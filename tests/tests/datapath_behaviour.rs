@@ -6,6 +6,7 @@
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use keelson_datapath::datapath::{BackendKind, Datapath, DatapathConfig, Mode};
+use keelson_datapath::ebpf::loader::Uplink;
 use keelson_datapath::model::{ModelConfig, NodeInfo, ServiceTable};
 use keelson_tests::datapath::*;
 use keelson_tests::require_root;
@@ -199,6 +200,7 @@ fn run_suite(mode: Mode, want_backend: BackendKind) {
         node: node.clone(),
         pin_dir: pins.path.clone(),
         cgroup: cg.path.clone(),
+        uplink: Some(Uplink { iface: "uplink".into(), netns: Some(topo.node.path()) }),
         nft_table: "keelson".into(),
         nft_netns: Some(topo.node.path()),
     };
@@ -208,6 +210,11 @@ fn run_suite(mode: Mode, want_backend: BackendKind) {
     let table = ServiceTable::build(&svcs, &slices, &node, &ModelConfig::default());
     assert_eq!(table.errors.len(), 1, "only the SCTP port is rejected: {:?}", table.errors);
     dp.sync(&table).expect("sync");
+    if want_backend == BackendKind::Ebpf {
+        // External traffic must be served by the tc programs, not by nftables.
+        let np = topo.node.exec_ok(&["nft", "list", "map", "ip", "keelson", "service-nodeports"]).unwrap();
+        assert!(!np.contains("goto"), "eBPF mode with an uplink leaves NodePorts to tc: {np}");
+    }
 
     let mut failures = Vec::new();
     for c in CASES {

@@ -47,6 +47,7 @@ fn cfg(topo: &Topology, cg: &Cgroup2, pins: &BpfPinDir, mode: Mode) -> DatapathC
         node: node(),
         pin_dir: pins.path.clone(),
         cgroup: cg.path.clone(),
+        uplink: None,
         nft_table: "keelson".into(),
         nft_netns: Some(topo.node.path()),
     }

@@ -31,6 +31,9 @@ struct Args {
     /// cgroup2 directory to attach the socket-LB to.
     #[arg(long, default_value = "/sys/fs/cgroup/unified")]
     cgroup: PathBuf,
+    /// Uplink interface for the tc NodePort/LoadBalancer/externalIP programs (eBPF mode).
+    #[arg(long)]
+    uplink: Option<String>,
     #[arg(long, default_value = "keelson")]
     nft_table: String,
     /// Honour spec.externalIPs (off by default, CVE-2020-8554).
@@ -120,6 +123,7 @@ fn main() -> Result<()> {
         node: node.clone(),
         pin_dir: args.pin_dir.clone(),
         cgroup: args.cgroup.clone(),
+        uplink: args.uplink.clone().map(|iface| keelson_datapath::ebpf::loader::Uplink { iface, netns: None }),
         nft_table: args.nft_table.clone(),
         nft_netns: None,
     };

@@ -7,8 +7,9 @@
 
 use super::{BeKey, BeVal, EbpfError, LbMaps, SOCK_LB_OBJ, SvcKey, SvcVal, pin};
 use aya::maps::{HashMap, Map, MapData};
-use aya::programs::links::{CgroupAttachMode, FdLink, PinnedLink};
-use aya::programs::{CgroupSockAddr, ProgramError};
+use aya::programs::links::{CgroupAttachMode, FdLink, LinkOrder, PinnedLink};
+use aya::programs::tc::TcAttachOptions;
+use aya::programs::{CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType};
 use std::path::{Path, PathBuf};
 
 /// The cgroup hooks: (program name in the object, link pin name).
@@ -18,8 +19,38 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("kl_recvmsg4", "link_recvmsg4"),
     ("kl_getpeername4", "link_getpeername4"),
 ];
+/// The tc hooks on the uplink: (program name, link pin name, ingress?).
+pub const TC_PROGRAMS: &[(&str, &str, bool)] =
+    &[("kl_nodeport_in", "link_tc_in", true), ("kl_nodeport_out", "link_tc_out", false)];
 /// Maps pinned by name in the pin directory.
-pub const MAPS: &[&str] = &["kl_svc", "kl_be", "kl_aff", "kl_rev"];
+pub const MAPS: &[&str] = &["kl_svc", "kl_be", "kl_aff", "kl_rev", "kl_ct", "kl_rct"];
+
+/// The node's uplink, where traffic from outside arrives (tc programs attach here with TCX links).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Uplink {
+    pub iface: String,
+    /// Network namespace holding `iface` (tests); `None` = the current one.
+    pub netns: Option<PathBuf>,
+}
+
+/// Runs `f` on a thread that has entered `netns` (only that thread switches namespace).
+fn in_netns<T: Send>(netns: Option<&Path>, f: impl FnOnce() -> Result<T, EbpfError> + Send) -> Result<T, EbpfError> {
+    let Some(ns) = netns else { return f() };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            use std::os::fd::AsRawFd;
+            let file =
+                std::fs::File::open(ns).map_err(|e| EbpfError::Object(format!("open netns {}: {e}", ns.display())))?;
+            // SAFETY: setns with a valid namespace fd; affects only this scoped thread.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(EbpfError::Object(format!("setns {}: {}", ns.display(), std::io::Error::last_os_error())));
+            }
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(EbpfError::Object("netns thread panicked".into())))
+    })
+}
 
 /// Mounts bpffs at `/sys/fs/bpf` unless something is mounted there already.
 pub fn ensure_bpffs() -> Result<(), EbpfError> {
@@ -61,6 +92,7 @@ fn prog_err(program: &str, e: ProgramError) -> EbpfError {
 pub struct SockLb {
     pin_dir: PathBuf,
     cgroup: PathBuf,
+    uplink: Option<Uplink>,
 }
 
 /// What [`SockLb::ensure`] found and did.
@@ -75,16 +107,21 @@ pub struct EnsureReport {
 }
 
 impl SockLb {
-    /// Ensures bpffs, the pin directory, the maps and one pinned link per hook on `cgroup` (a
-    /// cgroup2 directory). Adopts everything that already exists.
-    pub fn ensure(pin_dir: &Path, cgroup: &Path) -> Result<(SockLb, PinnedMaps, EnsureReport), EbpfError> {
+    /// Ensures bpffs, the pin directory, the maps, one pinned link per hook on `cgroup` (a cgroup2
+    /// directory) and, with an `uplink`, the tc ingress/egress links on it. Adopts everything that
+    /// already exists.
+    pub fn ensure(
+        pin_dir: &Path,
+        cgroup: &Path,
+        uplink: Option<&Uplink>,
+    ) -> Result<(SockLb, PinnedMaps, EnsureReport), EbpfError> {
         if SOCK_LB_OBJ.is_empty() {
             return Err(EbpfError::NotBuilt);
         }
         ensure_bpffs()?;
         std::fs::create_dir_all(pin_dir)
             .map_err(|e| EbpfError::Bpffs { path: pin_dir.into(), reason: e.to_string() })?;
-        let lb = SockLb { pin_dir: pin_dir.into(), cgroup: cgroup.into() };
+        let lb = SockLb { pin_dir: pin_dir.into(), cgroup: cgroup.into(), uplink: uplink.cloned() };
         let report = lb.ensure_links()?;
         let maps = PinnedMaps::open(pin_dir)?;
         Ok((lb, maps, report))
@@ -94,22 +131,29 @@ impl SockLb {
         &self.pin_dir
     }
 
+    /// (program, link pin) of every hook this node uses.
+    fn hooks(&self) -> Vec<(&'static str, &'static str)> {
+        let mut v: Vec<(&str, &str)> = PROGRAMS.to_vec();
+        if self.uplink.is_some() {
+            v.extend(TC_PROGRAMS.iter().map(|(p, l, _)| (*p, *l)));
+        }
+        v
+    }
+
     fn ensure_links(&self) -> Result<EnsureReport, EbpfError> {
         let mut rep = EnsureReport::default();
+        let hooks = self.hooks();
         let maps_missing = MAPS.iter().any(|m| !pin(&self.pin_dir, m).exists());
         if maps_missing {
             // Links still alive would keep programs bound to maps nobody can reach any more:
             // replace them together with the maps (dropping the pin detaches the link).
-            for (_, link) in PROGRAMS {
+            for (_, link) in &hooks {
                 let _ = std::fs::remove_file(pin(&self.pin_dir, link));
             }
         }
-        let missing: Vec<(&str, &str)> = PROGRAMS
-            .iter()
-            .copied()
-            .filter(|(_, link)| PinnedLink::from_pin(pin(&self.pin_dir, link)).is_err())
-            .collect();
-        rep.adopted = PROGRAMS.iter().filter(|p| !missing.contains(p)).map(|(_, l)| (*l).to_string()).collect();
+        let missing: Vec<(&str, &str)> =
+            hooks.iter().copied().filter(|(_, link)| PinnedLink::from_pin(pin(&self.pin_dir, link)).is_err()).collect();
+        rep.adopted = hooks.iter().filter(|p| !missing.contains(p)).map(|(_, l)| (*l).to_string()).collect();
         if missing.is_empty() && !maps_missing {
             return Ok(rep);
         }
@@ -121,32 +165,61 @@ impl SockLb {
         if maps_missing {
             rep.repinned = MAPS.iter().filter(|m| !pin(&self.pin_dir, m).exists()).map(|m| m.to_string()).collect();
         }
-        if missing.is_empty() {
-            return Ok(rep);
-        }
-        let cg = std::fs::File::open(&self.cgroup)
-            .map_err(|source| EbpfError::Cgroup { path: self.cgroup.clone(), source })?;
         for (prog_name, link_name) in missing {
-            let prog: &mut CgroupSockAddr = obj
-                .program_mut(prog_name)
-                .ok_or_else(|| EbpfError::Object(format!("program {prog_name} not in object")))?
-                .try_into()
-                .map_err(|e| prog_err(prog_name, e))?;
-            prog.load().map_err(|e| prog_err(prog_name, e))?;
-            // With bpf links (kernel ≥ 5.7) "Single" means flags 0, which still coexists with other
-            // programs' links on the same cgroup; the multi flag is rejected by BPF_LINK_CREATE.
-            let id = prog.attach(&cg, CgroupAttachMode::Single).map_err(|e| prog_err(prog_name, e))?;
-            let link = prog.take_link(id).map_err(|e| prog_err(prog_name, e))?;
-            let fd: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| EbpfError::Program {
-                program: prog_name.into(),
-                reason: e.to_string(),
-            })?;
+            let fd = match TC_PROGRAMS.iter().find(|(p, _, _)| *p == prog_name) {
+                Some((_, _, ingress)) => self.attach_tc(&mut obj, prog_name, *ingress)?,
+                None => self.attach_cgroup(&mut obj, prog_name)?,
+            };
             let path = pin(&self.pin_dir, link_name);
             let _ = std::fs::remove_file(&path); // a stale, invalid pin file
             fd.pin(&path).map_err(|e| EbpfError::Program { program: prog_name.into(), reason: chain(&e) })?;
             rep.attached.push(link_name.to_string());
         }
         Ok(rep)
+    }
+
+    fn attach_cgroup(&self, obj: &mut aya::Ebpf, prog_name: &str) -> Result<FdLink, EbpfError> {
+        let cg = std::fs::File::open(&self.cgroup)
+            .map_err(|source| EbpfError::Cgroup { path: self.cgroup.clone(), source })?;
+        let prog: &mut CgroupSockAddr = obj
+            .program_mut(prog_name)
+            .ok_or_else(|| EbpfError::Object(format!("program {prog_name} not in object")))?
+            .try_into()
+            .map_err(|e| prog_err(prog_name, e))?;
+        prog.load().map_err(|e| prog_err(prog_name, e))?;
+        // With bpf links (kernel ≥ 5.7) "Single" means flags 0, which still coexists with other
+        // programs' links on the same cgroup; the multi flag is rejected by BPF_LINK_CREATE.
+        let id = prog.attach(&cg, CgroupAttachMode::Single).map_err(|e| prog_err(prog_name, e))?;
+        let link = prog.take_link(id).map_err(|e| prog_err(prog_name, e))?;
+        link.try_into().map_err(|e: aya::programs::links::LinkError| EbpfError::Program {
+            program: prog_name.into(),
+            reason: chain(&e),
+        })
+    }
+
+    fn attach_tc(&self, obj: &mut aya::Ebpf, prog_name: &str, ingress: bool) -> Result<FdLink, EbpfError> {
+        let Some(up) = &self.uplink else {
+            return Err(EbpfError::Object(format!("{prog_name}: no uplink configured")));
+        };
+        let prog: &mut SchedClassifier = obj
+            .program_mut(prog_name)
+            .ok_or_else(|| EbpfError::Object(format!("program {prog_name} not in object")))?
+            .try_into()
+            .map_err(|e| prog_err(prog_name, e))?;
+        prog.load().map_err(|e| prog_err(prog_name, e))?;
+        let dir = if ingress { TcAttachType::Ingress } else { TcAttachType::Egress };
+        let iface = up.iface.clone();
+        // TCX links (kernel ≥ 6.6) need no clsact qdisc and can be pinned like any bpf link.
+        let link = in_netns(up.netns.as_deref(), || {
+            let id = prog
+                .attach_with_options(&iface, dir, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .map_err(|e| prog_err(prog_name, e))?;
+            prog.take_link(id).map_err(|e| prog_err(prog_name, e))
+        })?;
+        link.try_into().map_err(|e: aya::programs::links::LinkError| EbpfError::Program {
+            program: prog_name.into(),
+            reason: format!("{iface}: {}", chain(&e)),
+        })
     }
 
     /// Tamper check for the resync loop: re-creates missing link pins (re-attaching) and restores

@@ -295,7 +295,7 @@ pub fn run_bench(args: &[String]) -> Result<()> {
         {
             let pin_dir = PathBuf::from(format!("/sys/fs/bpf/kbench{}", std::process::id()));
             let cg = CgroupMove::new()?;
-            let (_lb, maps, _) = SockLb::ensure(&pin_dir, &cg.dir)?;
+            let (_lb, maps, _) = SockLb::ensure(&pin_dir, &cg.dir, None)?;
             let mut p = EbpfProxier::new(maps, node_info.clone());
             let t = Instant::now();
             p.sync(&full_t)?;
