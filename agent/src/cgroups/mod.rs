@@ -15,11 +15,10 @@
 //! kubelet, so a pod cannot escape its limits by adding containers.
 //!
 //! The pure arithmetic (QoS class, shares, quota, oom_score_adj, v1↔v2 conversions) lives in
-//! [`resources`] and [`quantity`]; [`fs::CgroupFs`] is the real implementation for cgroup v1
+//! [`resources`] (quantities are read with [`crate::quantity`]); [`fs::CgroupFs`] is the real implementation for cgroup v1
 //! (incl. hybrid) and v2; [`fake::FakeCgroups`] (feature `test-helpers`) is a stateful fake.
 
 pub mod fs;
-pub mod quantity;
 pub mod resources;
 
 #[cfg(any(test, feature = "test-helpers"))]
@@ -28,7 +27,6 @@ pub mod fake;
 use std::path::PathBuf;
 
 pub use fs::CgroupFs;
-pub use quantity::{Quantity, QuantityError, parse_quantity};
 pub use resources::{
     ContainerResources, QosClass, ResourceConfig, ResourceError, container_resources, oom_score_adj,
     pod_resource_config, qos_class,
@@ -71,6 +69,18 @@ pub struct PodCgroup {
     pub uid: String,
     pub qos: QosClass,
     pub resources: ResourceConfig,
+}
+
+impl PodCgroup {
+    /// The desired cgroup of a pod: its QoS class and kubelet's pod-level values, with the node's
+    /// per-pod pids limit. Fails naming the first bad quantity.
+    pub fn for_pod(
+        uid: &str,
+        spec: &k8s_openapi::api::core::v1::PodSpec,
+        pids_limit: Option<i64>,
+    ) -> Result<Self, ResourceError> {
+        Ok(PodCgroup { uid: uid.to_string(), qos: qos_class(spec)?, resources: pod_resource_config(spec, pids_limit)? })
+    }
 }
 
 /// A pod cgroup found on the host (for adoption and garbage collection after a restart).
@@ -144,6 +154,29 @@ mod tests {
             container_cgroup_path("keelson", QosClass::Burstable, "u-1", "abc"),
             "/keelson/burstable/podu-1/abc"
         );
+    }
+
+    #[test]
+    fn pod_cgroup_from_a_spec() {
+        use k8s_openapi::api::core::v1::{Container, PodSpec, ResourceRequirements};
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        let limits = [("cpu", "500m"), ("memory", "64Mi")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+            .collect();
+        let spec = PodSpec {
+            containers: vec![Container {
+                name: "app".into(),
+                resources: Some(ResourceRequirements { limits: Some(limits), ..Default::default() }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let pod = PodCgroup::for_pod("u1", &spec, Some(100)).expect("valid spec");
+        assert_eq!(pod.qos, QosClass::Guaranteed);
+        assert_eq!(pod.resources.cpu_quota_us, Some(50_000));
+        assert_eq!(pod.resources.memory_limit_bytes, Some(64 << 20));
+        assert_eq!(pod.resources.pids_limit, Some(100));
     }
 
     #[test]

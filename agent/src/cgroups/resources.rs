@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 
-use super::quantity::{QuantityError, parse_quantity};
+use crate::quantity::{QuantityError, parse_quantity};
 
 /// Minimum cpu.shares (kubelet `MinShares`).
 pub const MIN_SHARES: u64 = 2;
@@ -216,8 +216,7 @@ fn parse_list(list: Option<&BTreeMap<String, K8sQuantity>>, field: &str) -> Resu
     let mut out = Amounts::default();
     let Some(list) = list else { return Ok(out) };
     for (name, q) in list {
-        let parsed =
-            parse_quantity(&q.0).map_err(|source| ResourceError { field: format!("{field}.{name}"), source })?;
+        let parsed = parse_quantity(q).map_err(|source| ResourceError { field: format!("{field}.{name}"), source })?;
         match name.as_str() {
             "cpu" => out.cpu = Some(parsed.milli_value()),
             "memory" => out.memory = Some(parsed.value()),

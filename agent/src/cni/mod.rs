@@ -274,6 +274,20 @@ impl CniRuntime {
         self.cache.list()
     }
 
+    /// The cached result of an attachment on the current network, if any: how the agent learns
+    /// a pod's IPs again after a restart without re-running ADD (which is not idempotent for
+    /// most plugins: bridge refuses an existing interface).
+    pub fn cached_result(&self, a: &Attachment) -> Result<Option<CniResult>> {
+        a.validate()?;
+        let list = self.load_network()?;
+        let Some(entry) = self.cache.read(&list.name, &a.container_id, &a.ifname)? else { return Ok(None) };
+        parse_result(entry.result).map(Some).map_err(|reason| CniError::BadResult {
+            plugin: "<cache>".into(),
+            command: "ADD",
+            reason,
+        })
+    }
+
     /// Attaches a pod: runs ADD over the chain and caches the result.
     pub async fn add(&self, a: &Attachment) -> Result<CniResult> {
         a.validate()?;

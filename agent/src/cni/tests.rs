@@ -149,6 +149,7 @@ async fn add_runs_the_chain_with_env_prev_result_and_capabilities() {
         second["runtimeConfig"]["portMappings"],
         json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}])
     );
+    assert_eq!(f.rt.cached_result(&a).expect("cached result"), Some(r.clone()));
     let cached = f.rt.cached_attachments().expect("cache");
     assert_eq!(cached.len(), 1);
     assert_eq!(cached[0].result, r.raw);
