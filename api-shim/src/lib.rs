@@ -18,6 +18,7 @@ pub mod discovery;
 pub mod error;
 pub mod objects;
 pub mod patch;
+pub mod proto;
 pub mod resources;
 pub mod selectors;
 pub mod server;

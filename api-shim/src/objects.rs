@@ -49,6 +49,10 @@ pub fn decode_body(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
             serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding JSON body: {e}")))
         }
         "application/yaml" | "application/apply-patch+yaml" | "application/x-yaml" | "text/yaml" => decode_yaml(body),
+        "application/vnd.kubernetes.protobuf" => crate::proto::decode(body).map_err(|e| match e {
+            crate::proto::ProtoError::Unsupported(_) => ApiError::UnsupportedMediaType { accepted: e.to_string() },
+            other => ApiError::bad_request(format!("error decoding protobuf body: {other}")),
+        }),
         other => Err(ApiError::UnsupportedMediaType {
             accepted: format!(
                 "application/json, application/yaml (got {other:?}; protobuf is not supported by this server)"
@@ -867,6 +871,7 @@ mod tests {
         assert_eq!(decode_body("application/yaml", y.as_bytes()).unwrap_err().code(), 400);
         let deep = "[".repeat(10_000);
         assert_eq!(decode_body("application/json", deep.as_bytes()).unwrap_err().code(), 400);
-        assert_eq!(decode_body("application/vnd.kubernetes.protobuf", b"x").unwrap_err().code(), 415);
+        assert_eq!(decode_body("application/vnd.kubernetes.protobuf", b"x").unwrap_err().code(), 400);
+        assert_eq!(decode_body("application/cbor", b"x").unwrap_err().code(), 415);
     }
 }

@@ -6,6 +6,7 @@
 //! Area-specific helpers live in their own modules.
 
 pub mod agent_infra;
+pub mod api;
 pub mod cni;
 pub mod containerd;
 pub mod datapath;

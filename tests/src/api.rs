@@ -1,0 +1,152 @@
+//! Harness for keelson-apiserver tests: starts the real binary on a loopback port with a
+//! temporary data directory and stops it (by PID) on drop; runs the preinstalled kubectl
+//! versions and the Python client against it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// kubectl versions the suites run against (`/usr/lib/google-cloud-sdk/bin/kubectl.<v>`).
+pub const KUBECTL_VERSIONS: &[&str] = &["1.33", "1.32", "1.27"];
+
+/// A running keelson-apiserver.
+pub struct ApiServer {
+    child: Child,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub port: u16,
+}
+
+fn binary() -> PathBuf {
+    crate::target_dir().join("debug").join("keelson-apiserver")
+}
+
+impl ApiServer {
+    /// Starts a server with a fresh data directory and default flags plus `extra`.
+    pub fn start(extra: &[&str]) -> anyhow::Result<Self> {
+        let tmp = tempfile::Builder::new().prefix("keelson-api").tempdir()?;
+        let dir = tmp.path().to_path_buf();
+        let mut s = Self::start_in(&dir, 0, extra)?;
+        s._tmp = Some(tmp);
+        Ok(s)
+    }
+
+    /// Starts a server on `dir` (reusing its state) and `port` (0: any free port).
+    pub fn start_in(dir: &Path, port: u16, extra: &[&str]) -> anyhow::Result<Self> {
+        let bin = binary();
+        anyhow::ensure!(bin.exists(), "{} not built: run `cargo build -p keelson-api-shim`", bin.display());
+        let mut child = Command::new(&bin)
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(std::fs::File::create(dir.join("server.log"))?))
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("https://127.0.0.1:").nth(1) {
+                    let port: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                    let _ = tx.send(port.parse::<u16>().unwrap_or(0));
+                }
+            }
+        });
+        let port = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(p) if p != 0 => p,
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+                anyhow::bail!("keelson-apiserver did not start:\n{log}");
+            }
+        };
+        Ok(ApiServer { child, dir: dir.to_path_buf(), _tmp: None, port })
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("admin.kubeconfig")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops the server with SIGKILL (simulates a crash) and waits for it.
+    pub fn kill9(mut self) -> (PathBuf, Option<tempfile::TempDir>, u16) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        (self.dir.clone(), self._tmp.take(), self.port)
+    }
+
+    /// Runs kubectl `version` with this server's kubeconfig.
+    pub fn kubectl(&self, version: &str, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.kubectl_output(version, args)?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "kubectl.{version} {} failed: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs kubectl and returns its raw output whatever the exit status.
+    pub fn kubectl_output(&self, version: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        let bin = format!("/usr/lib/google-cloud-sdk/bin/kubectl.{version}");
+        let kc = self.kubeconfig();
+        let mut full: Vec<&str> = vec!["--kubeconfig", kc.to_str().unwrap_or_default()];
+        full.extend_from_slice(args);
+        Ok(Command::new(&bin)
+            .args(&full)
+            .env("HOME", &self.dir)
+            .env("KUBECACHEDIR", self.dir.join(format!("kcache-{version}")))
+            .output()?)
+    }
+
+    /// A kube-rs client for this server (token auth from the admin kubeconfig).
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        let kc = kube::config::Kubeconfig::read_from(self.kubeconfig())?;
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+        Ok(kube::Client::try_from(cfg)?)
+    }
+
+    /// Runs curl against the server with the cluster CA (no credentials unless given in `args`).
+    pub fn curl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let ca = self.dir.join("ca.crt");
+        let out = Command::new("curl")
+            .args(["-sS", "--cacert", ca.to_str().unwrap_or_default(), "-w", "\n%{http_code}"])
+            .args(args)
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The admin bearer token.
+    pub fn token(&self) -> anyhow::Result<String> {
+        let s = std::fs::read_to_string(self.dir.join("tokens.csv"))?;
+        s.split(',').next().map(str::to_string).ok_or_else(|| anyhow::anyhow!("empty token file"))
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Applies YAML from a string through a temp file.
+pub fn write_manifest(dir: &Path, name: &str, yaml: &str) -> anyhow::Result<PathBuf> {
+    let p = dir.join(name);
+    std::fs::write(&p, yaml)?;
+    Ok(p)
+}
