@@ -15,8 +15,8 @@
 //!   SIGKILL. SIGTERM is therefore ignored here: the pipes are already closed by then, so reading
 //!   on to EOF drains the last output and exits promptly.
 //!
-//! Arguments: `path <file>` (required; parent directories are created, the file is appended to,
-//! mode 0640) and `max-line <bytes>` (optional, default 16384, containerd's
+//! Arguments: `path <file>` (required, absolute; parent directories are created, the file is
+//! appended to, mode 0640) and `max-line <bytes>` (optional, default 16384, containerd's
 //! `max_container_log_line_size`).
 //!
 //! Output, one record per line, written with a single `write` so concurrent streams never tear a
@@ -148,8 +148,9 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
     for pair in args.chunks(2) {
         let (key, value) = (pair[0].as_str(), pair[1].as_str());
         match key {
-            "path" if !value.is_empty() => path = Some(PathBuf::from(value)),
-            "path" => return Err("argument `path` is empty".into()),
+            // The shim runs us in the bundle directory; a relative path would land there.
+            "path" if value.starts_with('/') => path = Some(PathBuf::from(value)),
+            "path" => return Err(format!("argument `path` must be an absolute path, got {value:?}")),
             "max-line" => {
                 max_line = value
                     .parse::<usize>()
@@ -369,7 +370,8 @@ mod tests {
         assert_eq!(a(&["max-line", "100", "path", "/x/0.log"]), Ok(Args { path: "/x/0.log".into(), max_line: 100 }));
         assert!(a(&[]).expect_err("no path").contains("missing argument `path`"));
         assert!(a(&["path"]).expect_err("odd").contains("pairs"));
-        assert!(a(&["path", ""]).expect_err("empty").contains("empty"));
+        assert!(a(&["path", ""]).expect_err("empty").contains("absolute"));
+        assert!(a(&["path", "logs/0.log"]).expect_err("relative").contains("absolute"));
         assert!(a(&["path", "/x", "colour", "red"]).expect_err("unknown").contains("colour"));
         assert!(a(&["path", "/x", "max-line", "0"]).expect_err("zero").contains("max-line"));
         assert!(a(&["path", "/x", "max-line", "ten"]).expect_err("nan").contains("max-line"));
