@@ -46,6 +46,7 @@ fn execute(env: &BTreeMap<String, String>, stdin: &[u8]) -> Result<Option<Value>
         return Ok(Some(spec::version_json(ver)));
     }
     let conf = spec::parse_conf(stdin)?;
+    spec::check_command_version(cmd, &conf.cni_version)?;
     let cenv = spec::env_for(cmd, env)?;
     let node_nl =
         || RtNetlink::current().map_err(|e| CniError::new(code::NETLINK, "open netlink socket", e.to_string()));
@@ -106,6 +107,8 @@ mod tests {
         assert_eq!((o.exit, j["code"].as_u64(), j["cniVersion"].as_str()), (1, Some(6), Some(LATEST_VERSION)));
         let o = run(&env(&[("CNI_COMMAND", "ADD")]), br#"{"cniVersion":"0.2.0","name":"n","type":"k"}"#);
         assert_eq!(o.stdout.unwrap()["code"], 1);
+        let o = run(&env(&[("CNI_COMMAND", "GC")]), br#"{"cniVersion":"1.0.0","name":"n","type":"k"}"#);
+        assert_eq!(o.stdout.unwrap()["code"], 1, "GC is a 1.1.0 verb");
         let conf = br#"{"cniVersion":"0.4.0","name":"n","type":"k","ipam":{"subnet":"10.0.0.0/24"}}"#;
         let o = run(&env(&[("CNI_COMMAND", "ADD"), ("CNI_IFNAME", "eth0")]), conf);
         let j = o.stdout.unwrap();

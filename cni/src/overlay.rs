@@ -446,6 +446,44 @@ mod tests {
         assert_eq!(f.fdb(vx).unwrap().len(), 1);
     }
 
+    #[test]
+    fn run_resyncs_every_tick_and_survives_errors() {
+        let mut f = FakeNetlink::new().with_link("eth0", "veth", 1500);
+        let o = Overlay::new(local());
+        let r2 = remote(2, "02:aa:00:00:00:02", "192.168.50.2");
+        let mut tick = 0;
+        // tick 0: source fails; tick 1: node 2 appears; tick 2: someone deletes its route behind
+        // our back (observed on the next tick); tick 3: resync restores it.
+        o.run(
+            &mut f,
+            || {
+                tick += 1;
+                if tick == 1 { Err("api unavailable".into()) } else { Ok(vec![r2.clone()]) }
+            },
+            Duration::from_millis(1),
+            {
+                let mut n = 0;
+                move || {
+                    n += 1;
+                    n > 2
+                }
+            },
+        );
+        assert_eq!(f.routes.len(), 1);
+        f.routes.clear();
+        let mut n = 0;
+        o.run(
+            &mut f,
+            || Ok(vec![r2.clone()]),
+            Duration::from_millis(1),
+            || {
+                n += 1;
+                n > 1
+            },
+        );
+        assert_eq!(f.routes.len(), 1, "periodic resync repairs drift");
+    }
+
     fn o_self() -> RemoteNode {
         remote(1, "02:aa:00:00:00:01", "192.168.50.1")
     }

@@ -76,6 +76,18 @@ pub enum Command {
 }
 
 impl Command {
+    /// The `CNI_COMMAND` spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Command::Add => "ADD",
+            Command::Del => "DEL",
+            Command::Check => "CHECK",
+            Command::Gc => "GC",
+            Command::Status => "STATUS",
+            Command::Version => "VERSION",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Command> {
         Some(match s {
             "ADD" => Command::Add,
@@ -263,6 +275,25 @@ pub fn check_version(v: &str) -> Result<(), CniError> {
             format!("config version {v:?}; plugin supports {}", SUPPORTED_VERSIONS.join(", ")),
         ))
     }
+}
+
+/// Verbs newer than the config's version are refused (code 1): CHECK exists since 0.4.0, GC and
+/// STATUS since 1.1.0.
+pub fn check_command_version(cmd: Command, version: &str) -> Result<(), CniError> {
+    let min = match cmd {
+        Command::Check => "0.4.0",
+        Command::Gc | Command::Status => "1.1.0",
+        _ => return Ok(()),
+    };
+    let idx = |v: &str| SUPPORTED_VERSIONS.iter().position(|x| *x == v);
+    if idx(version) < idx(min) {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!("{} needs cniVersion {min} or newer", cmd.as_str()),
+            format!("config cniVersion is {version}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Parses an IPv4 CIDR for config fields (code 7 on failure).
@@ -494,6 +525,15 @@ mod tests {
         assert_eq!(new["cniVersion"], "1.1.0");
         assert_eq!(CniResult::from_prev(&new).unwrap().ips, r.ips);
         assert_eq!(CniResult::from_prev(&old).unwrap().routes, r.routes);
+    }
+
+    #[test]
+    fn verbs_gated_by_version() {
+        assert!(check_command_version(Command::Check, "0.3.1").is_err());
+        assert!(check_command_version(Command::Check, "0.4.0").is_ok());
+        assert_eq!(check_command_version(Command::Gc, "1.0.0").unwrap_err().code, code::INCOMPATIBLE_VERSION);
+        assert!(check_command_version(Command::Status, "1.1.0").is_ok());
+        assert!(check_command_version(Command::Add, "0.3.0").is_ok());
     }
 
     #[test]

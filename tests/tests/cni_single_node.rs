@@ -313,3 +313,21 @@ fn bad_input_is_refused_and_leaves_nothing() {
 fn plugin() -> std::path::PathBuf {
     keelson_tests::cni::plugin_path()
 }
+
+#[test]
+fn exhaustion_is_a_clear_error_and_leaks_nothing() {
+    require_root();
+    // A /30 has exactly one pod address (.2): network .0, gateway .1, broadcast .3.
+    let node = Node::new("10.251.9.0/30").expect("node");
+    let (a, b) = (Netns::new("pa").expect("pod"), Netns::new("pb").expect("pod"));
+    let ra = node.add("ctr-a", &a).expect("ADD a");
+    assert_eq!(pod_ip(&ra), "10.251.9.2");
+    let r = node.cni("ADD", "ctr-b", Some(&b.path()), &node.conf("1.1.0", "")).expect("run");
+    assert_eq!(r.err_code(), Some(100), "{}", r.stdout);
+    assert!(r.stdout["details"].as_str().unwrap_or("").contains("10.251.9.0/30"), "{}", r.stdout);
+    assert!(b.exec_ok(&["ip", "link", "show", "eth0"]).is_err(), "no pod interface created");
+    assert_eq!(node.host_veths().expect("veths").len(), 1, "only pod a's veth");
+    node.del("ctr-a", Some(&a)).expect("DEL a");
+    node.add("ctr-b", &b).expect("ADD b once an address is free");
+    node.del("ctr-b", Some(&b)).expect("DEL b");
+}

@@ -89,7 +89,9 @@ impl Locked<'_> {
         let dst = self.path(name);
         let mut f = File::create(&tmp).map_err(|e| io(&tmp, e))?;
         f.write_all(bytes).map_err(|e| io(&tmp, e))?;
-        f.sync_data().map_err(|e| io(&tmp, e))?;
+        // No fsync: rename makes the record atomic against a crashed *process*, which is the
+        // failure that matters. After a power loss every pod netns is gone anyway and the
+        // runtime's GC reconciles the store; an fsync per record would double ADD latency.
         fs::rename(&tmp, &dst).map_err(|e| io(&dst, e))
     }
 

@@ -157,9 +157,6 @@ pub fn run_bench(rest: &[String]) -> anyhow::Result<()> {
     drop(rp);
     drop(node);
 
-    // ---- throughput ----
-    let (vx, plain) = throughput(&bin, dir.path(), secs)?;
-
     let build_kind = if debug { "debug" } else { "release" };
     println!();
     println!("keelson-cni bench ({build_kind} build, {pods} pods, iperf3 {secs}s)");
@@ -172,6 +169,9 @@ pub fn run_bench(rest: &[String]) -> anyhow::Result<()> {
     row("ADD p99", &mut ka, &mut ra, 0.99);
     row("DEL p50", &mut kd, &mut rd, 0.50);
     row("DEL p99", &mut kd, &mut rd, 0.99);
+
+    // ---- throughput ----
+    let (vx, plain) = throughput(&bin, dir.path(), secs)?;
     println!(
         "{:<28} {:>7.2} Gb/s {:>7.2} Gb/s {:>8.2}",
         "pod↔pod TCP (VXLAN / veth)",
@@ -192,20 +192,24 @@ fn iperf(server: &Ns, client: &Ns, ip: &str, secs: usize) -> anyhow::Result<f64>
         .spawn()?;
     let _srv = Bg(srv);
     let secs_s = secs.to_string();
-    let mut last = None;
-    for _ in 0..50 {
-        match client.exec(&["iperf3", "-J", "-c", ip, "-t", &secs_s]) {
-            Ok(out) => {
-                let v: Value = serde_json::from_str(&out)?;
-                return v["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3 JSON");
-            }
-            Err(e) => {
-                last = Some(e);
-                std::thread::sleep(Duration::from_millis(100));
-            }
+    // Wait until the server listens, so the measured run is the only connection it serves.
+    let mut listening = false;
+    for _ in 0..100 {
+        if server.exec(&["ss", "-Hltn", "sport = :5201"]).map(|o| !o.is_empty()).unwrap_or(false) {
+            listening = true;
+            break;
         }
+        std::thread::sleep(Duration::from_millis(50));
     }
-    Err(last.unwrap_or_else(|| anyhow::anyhow!("iperf3 never connected")))
+    if !listening {
+        bail!("iperf3 server did not start");
+    }
+    let out = client.exec(&["iperf3", "-J", "-c", ip, "-t", &secs_s])?;
+    let v: Value = serde_json::from_str(&out)?;
+    if let Some(e) = v.get("error") {
+        bail!("iperf3: {e}");
+    }
+    v["end"]["sum_received"]["bits_per_second"].as_f64().with_context(|| format!("iperf3 JSON without a result: {out}"))
 }
 
 /// (VXLAN pod↔pod, plain underlay node↔node) in bits/s.
