@@ -3,6 +3,7 @@
 //! blocking removal, and the memory limit enforced by the kernel.
 
 use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -98,8 +99,10 @@ fn pod_cgroups_with_limits_on_real_v1() {
         }
         other => panic!("expected Busy, got {other:?}"),
     }
-    sleeper.0.kill().expect("kill sleep");
-    sleeper.0.wait().expect("reap sleep");
+    assert_eq!(fs.kill_pod_processes(&pod.uid).expect("kill"), vec![sleeper.pid()]);
+    let status = sleeper.0.wait().expect("reap sleep");
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    assert!(fs.pod_pids(&pod.uid).expect("pids").is_empty(), "reaped process left the cgroup");
 
     fs.remove_pod(&pod.uid).expect("remove after the process exited");
     fs.remove_pod(&pod.uid).expect("remove is idempotent");
@@ -135,7 +138,6 @@ fn memory_limit_is_enforced_by_the_kernel() {
     std::fs::write(mem.join("cgroup.procs"), hog.pid().to_string()).expect("join pod cgroup");
     hog.0.stdin.take().expect("stdin").write_all(b"go\n").expect("release hog");
     let status = hog.0.wait().expect("wait hog");
-    use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(libc::SIGKILL), "OOM-killed, got {status:?}");
     let oom: String = read(&mem.join("memory.oom_control"));
     let kills: u64 = oom

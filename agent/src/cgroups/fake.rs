@@ -96,6 +96,10 @@ impl Cgroups for FakeCgroups {
         Ok(if s.pods.contains_key(uid) { s.pids.get(uid).cloned().unwrap_or_default() } else { Vec::new() })
     }
 
+    fn kill_pod_processes(&self, uid: &str) -> Result<Vec<i32>> {
+        Ok(self.state().pids.remove(uid).unwrap_or_default())
+    }
+
     fn list_pods(&self) -> Result<Vec<PodCgroupRef>> {
         let mut out: Vec<PodCgroupRef> =
             self.state().pods.values().map(|p| PodCgroupRef { uid: p.uid.clone(), qos: p.qos }).collect();
@@ -122,7 +126,7 @@ mod tests {
         fake.set_pids("u", vec![7]);
         assert_eq!(fake.pod_pids("u").expect("pids"), vec![7]);
         assert!(matches!(fake.remove_pod("u"), Err(CgroupError::Busy { .. })));
-        fake.set_pids("u", vec![]);
+        assert_eq!(fake.kill_pod_processes("u").expect("kill"), vec![7]);
         fake.remove_pod("u").expect("remove");
         fake.remove_pod("u").expect("idempotent");
         assert!(fake.list_pods().expect("list").is_empty());

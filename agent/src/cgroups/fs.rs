@@ -310,6 +310,26 @@ impl Cgroups for CgroupFs {
         Ok(pids.into_iter().collect())
     }
 
+    fn kill_pod_processes(&self, uid: &str) -> Result<Vec<i32>> {
+        let pids = self.pod_pids(uid)?;
+        for &pid in &pids {
+            match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL) {
+                Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                Err(e) => {
+                    return Err(CgroupError::Io {
+                        path: PathBuf::from(format!("/proc/{pid}")),
+                        op: "kill",
+                        source: std::io::Error::from(e),
+                    });
+                }
+            }
+        }
+        if !pids.is_empty() {
+            tracing::info!(uid, ?pids, "killed processes left in pod cgroup");
+        }
+        Ok(pids)
+    }
+
     fn list_pods(&self) -> Result<Vec<PodCgroupRef>> {
         let primary = match self.mode {
             CgroupMode::V1 => self.hierarchies.iter().find(|h| !h.v2 && (h.has("memory") || h.has("cpu"))),

@@ -15,8 +15,9 @@
 //! kubelet, so a pod cannot escape its limits by adding containers.
 //!
 //! The pure arithmetic (QoS class, shares, quota, oom_score_adj, v1↔v2 conversions) lives in
-//! [`resources`] (quantities are read with [`crate::quantity`]); [`fs::CgroupFs`] is the real implementation for cgroup v1
-//! (incl. hybrid) and v2; [`fake::FakeCgroups`] (feature `test-helpers`) is a stateful fake.
+//! [`resources`] (quantities are read with [`crate::quantity`]); [`fs::CgroupFs`] is the real
+//! implementation for cgroup v1 (incl. hybrid) and v2; [`fake::FakeCgroups`] (feature
+//! `test-helpers`) is a stateful fake.
 
 pub mod fs;
 pub mod resources;
@@ -102,6 +103,9 @@ pub trait Cgroups: Send + Sync {
     fn remove_pod(&self, uid: &str) -> Result<()>;
     /// PIDs of all processes in the pod cgroup and its children (empty if absent).
     fn pod_pids(&self, uid: &str) -> Result<Vec<i32>>;
+    /// Sends SIGKILL to every process left in the pod cgroup (what kubelet does before removing
+    /// a pod cgroup whose containers are gone) and returns their PIDs. Already-exited is fine.
+    fn kill_pod_processes(&self, uid: &str) -> Result<Vec<i32>>;
     /// Pod cgroups present under the keelson root, sorted.
     fn list_pods(&self) -> Result<Vec<PodCgroupRef>>;
     /// The name of the keelson root cgroup.
