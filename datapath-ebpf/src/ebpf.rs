@@ -128,7 +128,9 @@ pub struct EbpfProxier<M: LbMaps> {
     maps: M,
     node: NodeInfo,
     /// Frontend → (id, what was written).
-    applied: BTreeMap<FrontendKey, (u32, Frontend)>,
+    applied: ServiceTable,
+    /// Frontend → its id in the maps.
+    ids: BTreeMap<FrontendKey, u32>,
     used_ids: BTreeSet<u32>,
     need_full: bool,
 }
@@ -136,7 +138,14 @@ pub struct EbpfProxier<M: LbMaps> {
 impl<M: LbMaps> EbpfProxier<M> {
     /// The first sync adopts whatever the maps hold (ids of existing frontends are kept).
     pub fn new(maps: M, node: NodeInfo) -> Self {
-        EbpfProxier { maps, node, applied: BTreeMap::new(), used_ids: BTreeSet::new(), need_full: true }
+        EbpfProxier {
+            maps,
+            node,
+            applied: ServiceTable::default(),
+            ids: BTreeMap::new(),
+            used_ids: BTreeSet::new(),
+            need_full: true,
+        }
     }
 
     pub fn maps(&mut self) -> &mut M {
@@ -206,12 +215,8 @@ impl<M: LbMaps> EbpfProxier<M> {
     }
 
     fn incremental(&mut self, desired: &ServiceTable) -> Result<EbpfSyncReport, EbpfError> {
-        let cur: ServiceTable = ServiceTable {
-            frontends: self.applied.iter().map(|(k, (_, f))| (*k, f.clone())).collect(),
-            errors: vec![],
-        };
         let mut rep = EbpfSyncReport::default();
-        for change in ServiceTable::diff(&cur, desired) {
+        for change in ServiceTable::diff(&self.applied, desired) {
             match change {
                 crate::model::Change::Upsert(k, fe) => self.upsert(k, fe, &mut rep)?,
                 crate::model::Change::Remove(k) => self.remove(&k, &mut rep)?,
@@ -221,9 +226,9 @@ impl<M: LbMaps> EbpfProxier<M> {
     }
 
     fn upsert(&mut self, key: FrontendKey, fe: Frontend, rep: &mut EbpfSyncReport) -> Result<(), EbpfError> {
-        let (id, old_count, old_keys) = match self.applied.get(&key) {
-            Some((id, old)) => (*id, old.backends.len(), self.svc_keys(&key, old)),
-            None => (self.alloc_id(), 0, vec![]),
+        let (id, old_count, old_keys) = match (self.ids.get(&key), self.applied.frontends.get(&key)) {
+            (Some(id), Some(old)) => (*id, old.backends.len(), self.svc_keys(&key, old)),
+            _ => (self.alloc_id(), 0, vec![]),
         };
         let new_keys = self.svc_keys(&key, &fe);
         let val = Self::svc_val(id, &fe)?;
@@ -243,12 +248,14 @@ impl<M: LbMaps> EbpfProxier<M> {
             self.maps.del_backend(&BeKey { id, slot: slot as u32 })?;
             rep.deletes += 1;
         }
-        self.applied.insert(key, (id, fe));
+        self.ids.insert(key, id);
+        self.applied.frontends.insert(key, fe);
         Ok(())
     }
 
     fn remove(&mut self, key: &FrontendKey, rep: &mut EbpfSyncReport) -> Result<(), EbpfError> {
-        let Some((id, old)) = self.applied.get(key).cloned() else { return Ok(()) };
+        let (Some(&id), Some(old)) = (self.ids.get(key), self.applied.frontends.get(key)) else { return Ok(()) };
+        let old = old.clone();
         for sk in self.svc_keys(key, &old) {
             self.maps.del_service(&sk)?;
             rep.deletes += 1;
@@ -257,7 +264,8 @@ impl<M: LbMaps> EbpfProxier<M> {
             self.maps.del_backend(&BeKey { id, slot: slot as u32 })?;
             rep.deletes += 1;
         }
-        self.applied.remove(key);
+        self.applied.frontends.remove(key);
+        self.ids.remove(key);
         self.used_ids.remove(&id);
         Ok(())
     }
@@ -267,7 +275,8 @@ impl<M: LbMaps> EbpfProxier<M> {
     fn full(&mut self, desired: &ServiceTable) -> Result<EbpfSyncReport, EbpfError> {
         let kernel_svc: BTreeMap<SvcKey, SvcVal> = self.maps.dump_services()?.into_iter().collect();
         let kernel_be: BTreeMap<BeKey, BeVal> = self.maps.dump_backends()?.into_iter().collect();
-        self.applied.clear();
+        self.applied = ServiceTable::default();
+        self.ids.clear();
         self.used_ids.clear();
         // Pass 1: keep ids the kernel already associates with a desired frontend.
         let mut ids: BTreeMap<FrontendKey, u32> = BTreeMap::new();
@@ -328,7 +337,8 @@ impl<M: LbMaps> EbpfProxier<M> {
             }
         }
         self.used_ids = ids.values().copied().collect();
-        self.applied = desired.frontends.iter().map(|(k, f)| (*k, (ids[k], f.clone()))).collect();
+        self.applied = ServiceTable { frontends: desired.frontends.clone(), errors: vec![] };
+        self.ids = ids;
         Ok(rep)
     }
 }

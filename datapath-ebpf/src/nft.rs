@@ -477,7 +477,18 @@ impl<B: NftBackend> NftProxier<B> {
             self.need_full = true;
             return Err(e);
         }
-        self.applied = desired.clone();
+        // Apply the changes to the remembered table instead of cloning the whole desired table:
+        // the cost of a sync stays proportional to what changed (plus the diff's comparison walk).
+        for c in changes.iter() {
+            match c {
+                Change::Upsert(k, f) => {
+                    self.applied.frontends.insert(*k, f.clone());
+                }
+                Change::Remove(k) => {
+                    self.applied.frontends.remove(k);
+                }
+            }
+        }
         tracing::debug!(changes = changes.len(), commands = n, "nft incremental sync");
         Ok(SyncReport { full: false, commands: n, changes: changes.len() })
     }
