@@ -35,6 +35,10 @@ fn pod_cgroups_with_limits_on_real_v1() {
         let tier = fs.controller_dir(c, &format!("/{}/burstable", root.name())).expect("mounted");
         assert!(tier.is_dir(), "{c} burstable tier at {}", tier.display());
     }
+    let tier = |t: &str| fs.controller_dir("cpu", &format!("/{}/{t}", root.name())).expect("cpu mounted");
+    assert_eq!(read(&tier("besteffort").join("cpu.shares")), "2", "best-effort tier at minimum shares");
+    fs.set_burstable_cpu_requests(1500).expect("burstable tier shares");
+    assert_eq!(read(&tier("burstable").join("cpu.shares")), "1536");
     let unified = fs.bpf_attach_dir().expect("hybrid has a cgroup2 mount");
     assert!(unified.join("besteffort").is_dir(), "pod tree mirrored in cgroup2 for cgroup-BPF");
 

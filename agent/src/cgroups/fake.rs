@@ -16,6 +16,7 @@ struct State {
     pids: BTreeMap<String, Vec<i32>>,
     ensure_calls: usize,
     remove_calls: usize,
+    burstable_milli: i64,
 }
 
 /// In-memory fake of the cgroup filesystem.
@@ -50,6 +51,11 @@ impl FakeCgroups {
         self.state().pids.insert(uid.to_string(), pids);
     }
 
+    /// The last value given to [`Cgroups::set_burstable_cpu_requests`].
+    pub fn burstable_cpu_requests(&self) -> i64 {
+        self.state().burstable_milli
+    }
+
     pub fn root_ensured(&self) -> bool {
         self.state().root_ensured
     }
@@ -64,6 +70,11 @@ impl FakeCgroups {
 impl Cgroups for FakeCgroups {
     fn ensure_root(&self) -> Result<()> {
         self.state().root_ensured = true;
+        Ok(())
+    }
+
+    fn set_burstable_cpu_requests(&self, total_milli: i64) -> Result<()> {
+        self.state().burstable_milli = total_milli;
         Ok(())
     }
 

@@ -234,6 +234,24 @@ impl CgroupFs {
         Ok(out)
     }
 
+    /// Writes cpu.shares (v1) or the equivalent cpu.weight (v2) of an existing cgroup.
+    fn write_cpu_shares(&self, rel: &str, shares: u64) -> Result<()> {
+        match self.mode {
+            CgroupMode::V1 => match self.controller_dir("cpu", rel) {
+                Some(dir) => write(&dir.join("cpu.shares"), &shares.to_string()),
+                None => Ok(()),
+            },
+            CgroupMode::V2 => {
+                let Some(h) = self.hierarchies.iter().find(|h| h.v2) else { return Ok(()) };
+                if !self.v2_controllers(h)?.contains(&"cpu") {
+                    return Ok(());
+                }
+                let dir = h.mount.join(rel.trim_start_matches('/'));
+                write(&dir.join("cpu.weight"), &resources::shares_to_weight(shares).to_string())
+            }
+        }
+    }
+
     fn apply_v1(&self, pod_rel: &str, r: &ResourceConfig) -> Result<()> {
         if let Some(dir) = self.controller_dir("cpu", pod_rel) {
             write(&dir.join("cpu.shares"), &r.cpu_shares.to_string())?;
@@ -273,7 +291,15 @@ impl Cgroups for CgroupFs {
                 self.ensure_chain(h, &[&self.root_name, tier])?;
             }
         }
-        Ok(())
+        // As kubelet: the best-effort tier gets the minimum cpu weight, so under contention its
+        // pods only get what the others leave.
+        let besteffort = format!("/{}/besteffort", self.root_name);
+        self.write_cpu_shares(&besteffort, resources::MIN_SHARES)
+    }
+
+    fn set_burstable_cpu_requests(&self, total_milli: i64) -> Result<()> {
+        let burstable = format!("/{}/burstable", self.root_name);
+        self.write_cpu_shares(&burstable, resources::milli_cpu_to_shares(total_milli))
     }
 
     fn ensure_pod(&self, pod: &PodCgroup) -> Result<()> {
@@ -541,6 +567,9 @@ mod tests {
         let root = dir.path().join("keelson");
         assert!(root.join("burstable").is_dir());
         assert!(root.join("besteffort").is_dir());
+        assert_eq!(read(&root.join("besteffort/cpu.weight")), "1", "best-effort tier gets the minimum weight");
+        fs.set_burstable_cpu_requests(2500).expect("burstable tier");
+        assert_eq!(read(&root.join("burstable/cpu.weight")), resources::shares_to_weight(2560).to_string());
         let want = "+cpuset +cpu +io +memory +hugetlb +pids";
         assert_eq!(read(&dir.path().join("cgroup.subtree_control")), want);
         assert_eq!(read(&root.join("cgroup.subtree_control")), want);

@@ -94,8 +94,12 @@ pub struct PodCgroupRef {
 /// The seam between the pod manager and the cgroup filesystem. All methods are idempotent and
 /// synchronous (a handful of small file writes); call them from `spawn_blocking` if that matters.
 pub trait Cgroups: Send + Sync {
-    /// Creates the keelson root and the QoS tier cgroups if missing.
+    /// Creates the keelson root and the QoS tier cgroups if missing; the best-effort tier gets
+    /// the minimum cpu weight.
     fn ensure_root(&self) -> Result<()>;
+    /// Sets the burstable tier's cpu weight from the sum of the cpu requests (millicores) of all
+    /// burstable pods on the node, as kubelet's QoS manager does after pods come and go.
+    fn set_burstable_cpu_requests(&self, total_milli: i64) -> Result<()>;
     /// Creates the pod cgroup (and missing parents) and converges its limits to `pod.resources`.
     fn ensure_pod(&self, pod: &PodCgroup) -> Result<()>;
     /// Removes the pod cgroup (in whichever tier it is) from every hierarchy, leftover container

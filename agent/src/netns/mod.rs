@@ -242,9 +242,13 @@ pub fn list(run_dir: &Path) -> Result<Vec<PathBuf>> {
 /// Removes a namespace pinned at `path`: lazy unmount (the namespace itself lives on while a
 /// process or fd still uses it) and unlink. Already unmounted or already gone is success.
 pub fn remove(path: &Path) -> Result<()> {
-    match nix::mount::umount2(path, MntFlags::MNT_DETACH) {
-        Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
-        Err(e) => return Err(sys_err(path, "umount")(e)),
+    // Two racing creates can stack mounts on one file: peel them all off.
+    for _ in 0..8 {
+        match nix::mount::umount2(path, MntFlags::MNT_DETACH) {
+            Ok(()) => continue,
+            Err(Errno::EINVAL) | Err(Errno::ENOENT) => break,
+            Err(e) => return Err(sys_err(path, "umount")(e)),
+        }
     }
     match std::fs::remove_file(path) {
         Ok(()) => {}
