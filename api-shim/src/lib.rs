@@ -96,8 +96,9 @@ async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, RunError> {
                 .map_err(|e| store::StoreError::Backend(format!("{}: {e}", cfg.data_dir.display())))?;
             Ok(Arc::new(store::sqlite::SqliteStore::open(&cfg.data_dir.join("state.db"), *sync)?))
         }
-        Backend::Etcd { .. } => {
-            Err(store::StoreError::Backend("the etcd backend is not available in this build".into()).into())
+        Backend::Etcd { endpoints } => {
+            let ep = endpoints.first().cloned().unwrap_or_else(|| "http://127.0.0.1:2379".into());
+            Ok(Arc::new(store::etcd::EtcdStore::connect(&ep).await?))
         }
     }
 }

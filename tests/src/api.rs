@@ -150,3 +150,53 @@ pub fn write_manifest(dir: &Path, name: &str, yaml: &str) -> anyhow::Result<Path
     std::fs::write(&p, yaml)?;
     Ok(p)
 }
+
+/// A private etcd (Debian `etcd-server` 3.4) on loopback with a temporary data directory,
+/// killed by PID on drop.
+pub struct Etcd {
+    child: Child,
+    _dir: tempfile::TempDir,
+    pub endpoint: String,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Etcd {
+    pub fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("keelson-etcd").tempdir()?;
+        let (client, peer) = (free_port()?, free_port()?);
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let child = Command::new("etcd")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--name", "keelson-test"])
+            .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-cluster", &format!("keelson-test=http://127.0.0.1:{peer}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(dir.path().join("etcd.log"))?))
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("spawn etcd (Debian package etcd-server): {e}"))?;
+        let mut etcd = Etcd { child, _dir: dir, endpoint };
+        let health = format!("{}/health", etcd.endpoint);
+        let ok = crate::wait_for(Duration::from_secs(20), || {
+            let out = Command::new("curl").args(["-sf", &health]).output().ok()?;
+            String::from_utf8_lossy(&out.stdout).contains("true").then_some(())
+        });
+        if ok.is_none() {
+            let _ = etcd.child.kill();
+            anyhow::bail!("etcd did not become healthy");
+        }
+        Ok(etcd)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -6,6 +6,7 @@
 //! default; kine-style log table) and [`etcd::EtcdStore`] (etcd v3). Both pass the same
 //! conformance suite (`tests/tests/api_store.rs`).
 
+pub mod etcd;
 pub mod sqlite;
 
 use std::sync::Arc;
