@@ -13,9 +13,10 @@
 //! disappear, an unchanged node costs nothing). [`Overlay::converge`] observes, plans, applies;
 //! callers run it on every node change and periodically ([`Overlay::run`]), level-triggered.
 //!
-//! TX checksum offload is switched off on the VXLAN device: with it on, some kernels/NICs emit
-//! VXLAN packets with bad inner checksums after SNAT, stalling connections for ~63 s (flannel
-//! #1279, calico #3145).
+//! TX checksum offload is switched off on the VXLAN device by default: with it on, some
+//! kernels/NICs emit VXLAN packets with bad checksums once the outer packet is NATed, stalling
+//! connections for ~63 s (flannel #1279, calico #3145). [`LocalNode::tx_checksum_offload`] can
+//! turn it back on where that is known to be fixed (it roughly doubles overlay throughput here).
 //!
 //! The node publishes its VTEP as Node annotations [`ANNOTATION_VTEP_MAC`] and
 //! [`ANNOTATION_NODE_IP`] (see [`Overlay::annotations`]); peers read them back into [`RemoteNode`].
@@ -81,6 +82,12 @@ pub struct LocalNode {
     pub vni: Option<u32>,
     #[serde(default)]
     pub port: Option<u16>,
+    /// TX checksum offload on the VXLAN device. Default **off** (the flannel #1279 / calico #3145
+    /// stall). Off also disables TSO on the device, so every segment is checksummed and
+    /// encapsulated in software: on a veth underlay that costs about half the throughput (see
+    /// `cargo xtask bench cni`). Kernels with the NAT checksum fix may turn it on.
+    #[serde(default)]
+    pub tx_checksum_offload: Option<bool>,
 }
 
 /// A peer node, as read from its Node object (spec.podCIDR + our annotations).
@@ -243,7 +250,8 @@ impl Overlay {
         if dev.mtu != spec.mtu {
             nl_.set_mtu(dev.index, spec.mtu).map_err(nl("set vxlan mtu"))?;
         }
-        nl_.set_tx_checksum(&spec.name, false).map_err(nl("disable tx checksum offload"))?;
+        nl_.set_tx_checksum(&spec.name, self.local.tx_checksum_offload.unwrap_or(false))
+            .map_err(nl("set tx checksum offload"))?;
         let want = IpNet::V4(Ipv4Net::new(self.local.pod_cidr.network(), 32).unwrap_or_default());
         let addrs = nl_.addresses(dev.index).map_err(nl("list vxlan addresses"))?;
         for a in addrs.iter().filter(|a| **a != want) {
@@ -357,6 +365,7 @@ mod tests {
             device: None,
             vni: None,
             port: None,
+            tx_checksum_offload: None,
         }
     }
 
@@ -391,6 +400,15 @@ mod tests {
             "second converge creates nothing: {:?}",
             f.calls
         );
+    }
+
+    #[test]
+    fn tx_checksum_offload_can_be_left_on() {
+        let mut f = FakeNetlink::new().with_link("eth0", "veth", 1500);
+        let mut l = local();
+        l.tx_checksum_offload = Some(true);
+        Overlay::new(l).converge(&mut f, &[]).unwrap();
+        assert!(f.calls.contains(&Call::TxChecksum { name: DEFAULT_DEVICE.into(), on: true }));
     }
 
     #[test]
