@@ -6,8 +6,11 @@
 //! N services × 2 endpoints (N-1 dummies plus the real one, which kube-proxy's iptables layout scans
 //! last), then we measure:
 //! - latency of connect + 1-byte request/response through the ClusterIP vs. straight to the pod IP
-//!   (median and p99, same run, same rules installed);
-//! - programming time: full sync of N services from empty, and adding one service to N present;
+//!   (medians; each round alternates the two targets so load drift hits both), plus a baseline
+//!   measured before anything is installed (iptables slows *every* new connection, direct ones too);
+//! - programming time: full sync of N services from empty, and adding one service to N present
+//!   (kube-proxy's iptables mode re-applies the whole table, so that is what its "add one" does),
+//!   and the pure `ServiceTable::diff` part of every add-one;
 //! - bytes of state per service / endpoint.
 //!
 //! eBPF: the bench process moves itself into a fresh cgroup2 dir for its client connects (socket-LB),
@@ -114,13 +117,13 @@ fn start_server(ns: PathBuf, port: u16) -> Result<()> {
     rx.recv()?
 }
 
-/// Median and p99 (µs) of `iters` connect+request+response rounds to `dst`, from netns `ns`.
-fn latency(ns: &Path, dst: SocketAddrV4, iters: usize) -> Result<(f64, f64)> {
+/// Median and p99 (µs) of `iters` connect+request+response rounds to `vip` and to `direct`, from
+/// netns `ns`. Rounds alternate between the two targets so machine load drifts affect both alike.
+fn latency_pair(ns: &Path, vip: SocketAddrV4, direct: SocketAddrV4, iters: usize) -> Result<((f64, f64), (f64, f64))> {
     let ns = ns.to_path_buf();
-    let h = std::thread::spawn(move || -> Result<(f64, f64)> {
+    let h = std::thread::spawn(move || -> Result<((f64, f64), (f64, f64))> {
         enter(&ns)?;
-        let mut v = Vec::with_capacity(iters);
-        for i in 0..iters + 20 {
+        let one = |dst: SocketAddrV4| -> Result<f64> {
             let t = Instant::now();
             let mut s = TcpStream::connect_timeout(&dst.into(), Duration::from_secs(2))
                 .with_context(|| format!("connect {dst}"))?;
@@ -128,13 +131,21 @@ fn latency(ns: &Path, dst: SocketAddrV4, iters: usize) -> Result<(f64, f64)> {
             s.write_all(b"x")?;
             let mut b = [0u8; 1];
             s.read_exact(&mut b)?;
-            drop(s);
+            Ok(t.elapsed().as_secs_f64() * 1e6)
+        };
+        let (mut v, mut d) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
+        for i in 0..iters + 20 {
+            let (a, b) = (one(vip)?, one(direct)?);
             if i >= 20 {
-                v.push(t.elapsed().as_secs_f64() * 1e6);
+                v.push(a);
+                d.push(b);
             }
         }
-        v.sort_by(f64::total_cmp);
-        Ok((v[v.len() / 2], v[v.len() * 99 / 100]))
+        let stats = |mut x: Vec<f64>| {
+            x.sort_by(f64::total_cmp);
+            (x[x.len() / 2], x[x.len() * 99 / 100])
+        };
+        Ok((stats(v), stats(d)))
     });
     h.join().map_err(|_| anyhow::anyhow!("latency thread panicked"))?
 }
@@ -284,11 +295,19 @@ pub fn run_bench(args: &[String]) -> Result<()> {
     let ipt_save = ipt.replace("-restore", "-save");
     let node_info = NodeInfo { name: "bench".into(), ips: vec![] };
 
+    // Baseline: straight to the pod with no service rules or programs installed at all.
+    let (base, _) = latency_pair(&cli.path(), direct, direct, iters)?;
+    let mut diff_ms: Vec<f64> = Vec::new();
     let mut results: Vec<(usize, [Row; 3])> = Vec::new();
     let mut bytes = [0f64; 3];
     for &n in &sizes {
         let full_t = table(n, false);
         let plus_t = table(n, true);
+        // The pure part of every incremental sync: diffing the new table against the applied one.
+        let t = Instant::now();
+        let changes = ServiceTable::diff(&full_t, &plus_t);
+        diff_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(changes.len() == 1, "add-one diff should have one change");
         let mut rows: [Row; 3] = Default::default();
 
         // eBPF socket-LB.
@@ -304,8 +323,7 @@ pub fn run_bench(args: &[String]) -> Result<()> {
             p.sync(&plus_t)?;
             rows[0].add_one_ms = t.elapsed().as_secs_f64() * 1e3;
             cg.join()?;
-            rows[0].direct = latency(&cli.path(), direct, iters)?;
-            rows[0].vip = latency(&cli.path(), via_vip, iters)?;
+            (rows[0].vip, rows[0].direct) = latency_pair(&cli.path(), via_vip, direct, iters)?;
             drop(cg);
             let _ = SockLb::remove(&pin_dir);
             // logical bytes: service entry key+value, backend slot key+value
@@ -321,8 +339,7 @@ pub fn run_bench(args: &[String]) -> Result<()> {
             let t = Instant::now();
             p.sync(&plus_t)?;
             rows[1].add_one_ms = t.elapsed().as_secs_f64() * 1e3;
-            rows[1].direct = latency(&cli.path(), direct, iters)?;
-            rows[1].vip = latency(&cli.path(), via_vip, iters)?;
+            (rows[1].vip, rows[1].direct) = latency_pair(&cli.path(), via_vip, direct, iters)?;
             if n == *sizes.iter().max().unwrap_or(&n) {
                 bytes[1] =
                     node.exec(&["nft", "list", "table", "ip", NFT_TABLE])?.len() as f64 / plus_t.frontends.len() as f64;
@@ -337,8 +354,7 @@ pub fn run_bench(args: &[String]) -> Result<()> {
             let t = Instant::now();
             node.exec_stdin(&[ipt], &iptables_rules(&plus_t))?;
             rows[2].add_one_ms = t.elapsed().as_secs_f64() * 1e3;
-            rows[2].direct = latency(&cli.path(), direct, iters)?;
-            rows[2].vip = latency(&cli.path(), via_vip, iters)?;
+            (rows[2].vip, rows[2].direct) = latency_pair(&cli.path(), via_vip, direct, iters)?;
             if n == *sizes.iter().max().unwrap_or(&n) {
                 bytes[2] = node.exec(&[&ipt_save, "-t", "nat"])?.len() as f64 / plus_t.frontends.len() as f64;
             }
@@ -349,12 +365,17 @@ pub fn run_bench(args: &[String]) -> Result<()> {
         results.push((n, rows));
     }
 
-    println!("\n== connect + 1-byte request/response latency, µs (median / p99), {iters} rounds each ==");
-    println!("{:>7} | {:>24} | {:>24} | {:>24}", "svcs", "eBPF vip/direct", "nft vip/direct", "iptables vip/direct");
+    println!("\n== connect + 1-byte request/response latency, µs median, {iters} rounds each ==");
+    println!(
+        "baseline with no rules/programs installed: pod IP {:.0} µs median (p99 {:.0}). Cells: vip/direct (vip ÷ same-run direct) [vip ÷ baseline]",
+        base.0, base.1
+    );
+    println!("{:>7} | {:>26} | {:>26} | {:>26}", "svcs", "eBPF", "nft", "iptables");
     for (n, rows) in &results {
-        let cell =
-            |r: &Row| format!("{:.0}/{:.0} ({:.2}x) p99 {:.0}", r.vip.0, r.direct.0, r.vip.0 / r.direct.0, r.vip.1);
-        println!("{n:>7} | {:>24} | {:>24} | {:>24}", cell(&rows[0]), cell(&rows[1]), cell(&rows[2]));
+        let cell = |r: &Row| {
+            format!("{:.0}/{:.0} ({:.2}x) [{:.2}b]", r.vip.0, r.direct.0, r.vip.0 / r.direct.0, r.vip.0 / base.0)
+        };
+        println!("{n:>7} | {:>26} | {:>26} | {:>26}", cell(&rows[0]), cell(&rows[1]), cell(&rows[2]));
     }
     println!("\n== programming time, ms: full sync of N svcs x 2 endpoints from empty / add one service ==");
     println!(
@@ -373,6 +394,10 @@ pub fn run_bench(args: &[String]) -> Result<()> {
             r[1].full_ms / r[0].full_ms,
             r[2].full_ms / r[1].full_ms
         );
+    }
+    println!("\n== pure table diff (included in every add-one above), ms ==");
+    for ((n, _), d) in results.iter().zip(&diff_ms) {
+        println!("{n:>7} | {d:.2}");
     }
     println!("\n== state per service (2 endpoints) ==");
     println!(
