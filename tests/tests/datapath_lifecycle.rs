@@ -211,3 +211,42 @@ endpoints:
         "{m}"
     );
 }
+
+#[test]
+fn verifier_rejection_surfaces_the_verifier_log() {
+    require_root();
+    let pins = BpfPinDir::new().unwrap();
+    // The real object passes the verifier: all six programs load.
+    let ok = keelson_datapath::ebpf::loader::verify_object(keelson_datapath::ebpf::SOCK_LB_OBJ, &pins.path).unwrap();
+    assert_eq!(ok.len(), 6, "{ok:?}");
+    // A program dereferencing a scalar is rejected; the error must carry the verifier's reasoning.
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("bad.bpf.c");
+    std::fs::write(
+        &src,
+        "#include <linux/bpf.h>\n#include <bpf/bpf_helpers.h>\n\
+         SEC(\"cgroup/connect4\") int bad(struct bpf_sock_addr *ctx) { return *(int *)(long)ctx->user_ip4; }\n\
+         char LICENSE[] SEC(\"license\") = \"GPL\";\n",
+    )
+    .unwrap();
+    let obj = dir.path().join("bad.bpf.o");
+    keelson_tests::run(
+        "clang",
+        &[
+            "-O2",
+            "-g",
+            "-target",
+            "bpf",
+            "-I/usr/include/x86_64-linux-gnu",
+            "-c",
+            src.to_str().unwrap(),
+            "-o",
+            obj.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let bytes = std::fs::read(&obj).unwrap();
+    let err = keelson_datapath::ebpf::loader::verify_object(&bytes, &pins.path).unwrap_err().to_string();
+    assert!(err.contains("program bad"), "{err}");
+    assert!(err.contains("Verifier output") && err.contains("invalid mem access"), "{err}");
+}

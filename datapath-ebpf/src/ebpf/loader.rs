@@ -87,6 +87,37 @@ fn prog_err(program: &str, e: ProgramError) -> EbpfError {
     EbpfError::Program { program: program.into(), reason: chain(&e) }
 }
 
+/// Loads (verifies) every program of an eBPF object without attaching anything: a preflight check
+/// whose error carries the kernel verifier's log when a program is rejected. Maps the object pins by
+/// name go to `pin_dir` (never to the bpffs root).
+pub fn verify_object(bytes: &[u8], pin_dir: &Path) -> Result<Vec<String>, EbpfError> {
+    if bytes.is_empty() {
+        return Err(EbpfError::NotBuilt);
+    }
+    std::fs::create_dir_all(pin_dir).map_err(|e| EbpfError::Bpffs { path: pin_dir.into(), reason: e.to_string() })?;
+    let mut obj = aya::EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .load(bytes)
+        .map_err(|e| EbpfError::Object(chain(&e)))?;
+    let mut loaded = Vec::new();
+    for (name, prog) in obj.programs_mut() {
+        let res = match prog {
+            aya::programs::Program::CgroupSockAddr(p) => p.load(),
+            aya::programs::Program::SchedClassifier(p) => p.load(),
+            other => {
+                return Err(EbpfError::Program {
+                    program: name.into(),
+                    reason: format!("unexpected program type {:?}", other.prog_type()),
+                });
+            }
+        };
+        res.map_err(|e| prog_err(name, e))?;
+        loaded.push(name.to_string());
+    }
+    loaded.sort();
+    Ok(loaded)
+}
+
 /// The attached socket-LB of one node.
 #[derive(Debug)]
 pub struct SockLb {
