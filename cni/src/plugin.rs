@@ -77,7 +77,13 @@ impl Settings {
         let subnet = match (&conf.ipam.subnet, &file) {
             (Some(s), _) => spec::parse_v4_net("ipam.subnet", s)?.trunc(),
             (None, Some(f)) => f.subnet,
-            (None, None) => unreachable_subnet()?,
+            (None, None) => {
+                return Err(CniError::new(
+                    code::INVALID_NETWORK_CONFIG,
+                    "no node subnet configured",
+                    "set ipam.subnet",
+                ));
+            }
         };
         Pool::new(subnet)
             .map_err(|e| CniError::new(code::INVALID_NETWORK_CONFIG, "invalid node subnet", e.to_string()))?;
@@ -106,10 +112,6 @@ impl Settings {
     pub fn store(&self) -> Store {
         Store::new(&self.data_dir, &self.network)
     }
-}
-
-fn unreachable_subnet() -> Result<Ipv4Net, CniError> {
-    Err(CniError::new(code::INVALID_NETWORK_CONFIG, "no node subnet configured", "set ipam.subnet or ipam.subnetFile"))
 }
 
 /// The data dir used when DEL/GC cannot resolve the subnet (the store does not need it).
@@ -326,6 +328,9 @@ fn wire(
         masq.add_pod(&s.cluster, ip).map_err(|e| CniError::new(code::NFTABLES, "install masquerade", e.to_string()))?;
     }
     let mac = |l: &LinkInfo| l.mac.as_ref().map(mac_to_string).unwrap_or_default();
+    // A bridge takes its MAC from its ports: report the MAC it has now that ours is attached.
+    let br = node.link(&s.bridge).ok().flatten().unwrap_or_else(|| br.clone());
+    let br = &br;
     Ok(CniResult {
         interfaces: vec![
             Interface { name: s.bridge.clone(), mac: mac(br), mtu: Some(br.mtu), sandbox: None },
@@ -450,6 +455,10 @@ pub fn cmd_check(conf: &NetConf, env: &Env, node: &mut dyn Netlink, open_pod: Po
 
 /// GC: free every allocation whose attachment is not in `cni.dev/valid-attachments`, delete our
 /// host veths on the bridge that belong to no valid attachment, drop their nft elements.
+///
+/// Only veths already enslaved to our bridge are touched: a `kc…` veth that is not (yet) enslaved
+/// may belong to an ADD in progress for another network. Such a leftover from a crash dies with
+/// its pod netns (a veth pair is destroyed with either end) or is replaced by the retried ADD.
 pub fn cmd_gc(conf: &NetConf, node: &mut dyn Netlink, masq: &mut dyn Masq) -> Result<GcReport, CniError> {
     let valid_list = conf.valid_attachments.as_ref().ok_or_else(|| {
         CniError::new(code::INVALID_NETWORK_CONFIG, "GC needs cni.dev/valid-attachments", "field missing")

@@ -331,3 +331,25 @@ fn exhaustion_is_a_clear_error_and_leaks_nothing() {
     node.add("ctr-b", &b).expect("ADD b once an address is free");
     node.del("ctr-b", Some(&b)).expect("DEL b");
 }
+
+#[test]
+fn subnet_and_mtu_from_the_agents_subnet_file() {
+    require_root();
+    let node = Node::new("10.251.10.0/24").expect("node");
+    let pod = Netns::new("pa").expect("pod");
+    let file = node.dir.path().join("subnet.env");
+    std::fs::write(&file, "KEELSON_NETWORK=10.251.0.0/16\nKEELSON_SUBNET=10.251.11.0/24\nKEELSON_MTU=1400\n")
+        .expect("write");
+    let extra =
+        format!(r#""mtu":null,"ipam":{{"subnetFile":"{}","dataDir":"{}"}}"#, file.display(), node.data_dir().display());
+    let conf = node.conf("1.1.0", &extra);
+    let r = node.cni("ADD", "ctr-f", Some(&pod.path()), &conf).expect("ADD");
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    assert_eq!(r.stdout["ips"][0]["address"], "10.251.11.2/24", "subnet from the file, not from any config");
+    assert!(pod.exec_ok(&["ip", "-o", "link", "show", "eth0"]).expect("eth0").contains("mtu 1400"));
+    assert_eq!(node.cni("DEL", "ctr-f", Some(&pod.path()), &conf).expect("DEL").code, 0);
+    std::fs::remove_file(&file).expect("rm");
+    let r = node.cni("ADD", "ctr-g", Some(&pod.path()), &conf).expect("ADD");
+    assert_eq!(r.err_code(), Some(11), "no subnet file yet → try again later: {}", r.stdout);
+    assert!(node.host_veths().expect("veths").is_empty());
+}

@@ -58,6 +58,19 @@ impl SubnetFile {
         Ok(SubnetFile { network, subnet, mtu, ip_masq })
     }
 
+    /// Writes the file atomically (temporary file + rename), creating the parent directory: a
+    /// plugin reading concurrently sees the old or the new subnet, never a torn file.
+    pub fn write(&self, path: &Path) -> Result<(), IpamError> {
+        let err = |e: std::io::Error| IpamError::SubnetFile { path: path.to_path_buf(), reason: e.to_string() };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        std::fs::write(&tmp, self.render()).map_err(err)?;
+        std::fs::rename(&tmp, path).map_err(err)
+    }
+
     /// Renders the file (what the agent writes).
     pub fn render(&self) -> String {
         let mut s = String::new();
@@ -87,6 +100,10 @@ mod tests {
         assert_eq!(f.mtu, Some(1450));
         assert_eq!(f.ip_masq, Some(true));
         assert_eq!(SubnetFile::parse(&f.render()).unwrap(), f);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("run/keelson/subnet.env");
+        f.write(&p).unwrap();
+        assert_eq!(SubnetFile::read(&p).unwrap(), f);
     }
 
     #[test]
