@@ -3,7 +3,7 @@
 //! runtime runs the plugins there (`plugin_netns`), host-local keeps its state in a temp dir, so
 //! the host's network, /etc/cni and /var/lib/cni are never touched.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use keelson_agent::cni::{Attachment, AttachmentKey, CniConfig, CniRuntime, PortMapping};
@@ -127,7 +127,7 @@ impl Node {
     fn attachment(&self, cid: &str, ns: &Path, ports: Vec<PortMapping>) -> Attachment {
         Attachment {
             container_id: cid.to_string(),
-            netns: ns.to_path_buf(),
+            netns: Some(ns.to_path_buf()),
             ifname: "eth0".into(),
             pod_name: format!("pod-{cid}"),
             pod_namespace: "default".into(),
@@ -222,7 +222,7 @@ async fn reference_plugins_add_check_del_gc_and_portmap() {
     let res_c = node.rt.add(&node.attachment(&cid_c, &ns_c, vec![])).await.expect("ADD c");
     let ip_c = res_c.pod_ips()[0].to_string();
     assert!(node.ipam_files().contains(&ip_c));
-    let report = node.rt.gc(&[att_a.key(), att_b.key()]).await.expect("GC");
+    let report = node.rt.gc_report(&[att_a.key(), att_b.key()]).await.expect("GC");
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(report.deleted, vec![AttachmentKey { container_id: cid_c.clone(), ifname: "eth0".into() }]);
     assert!(!node.ipam_files().contains(&ip_c), "GC released pod c's IP");
@@ -268,6 +268,6 @@ async fn del_without_any_config_or_cache_reports_no_config() {
         plugin_netns: None,
         exec_timeout: Duration::from_secs(5),
     });
-    let a = Attachment { container_id: "c".into(), netns: PathBuf::new(), ifname: "eth0".into(), ..Default::default() };
+    let a = Attachment { container_id: "c".into(), netns: None, ifname: "eth0".into(), ..Default::default() };
     assert!(matches!(rt.del(&a).await, Err(keelson_agent::cni::CniError::NoConfig { .. })));
 }

@@ -151,8 +151,9 @@ impl PortMapping {
 pub struct Attachment {
     /// The sandbox (pause) container id: `CNI_CONTAINERID` and `K8S_POD_INFRA_CONTAINER_ID`.
     pub container_id: String,
-    /// The pod netns path; may be gone for DEL.
-    pub netns: PathBuf,
+    /// The pod netns path. Required for ADD and CHECK; for DEL it may be `None` or point to a
+    /// namespace that is already gone (`CNI_NETNS` is then empty).
+    pub netns: Option<PathBuf>,
     /// Interface name in the pod, usually `eth0`.
     pub ifname: String,
     pub pod_name: String,
@@ -191,6 +192,15 @@ impl Attachment {
     /// The (container id, ifname) key of this attachment, for [`CniRuntime::gc`]'s valid set.
     pub fn key(&self) -> AttachmentKey {
         AttachmentKey { container_id: self.container_id.clone(), ifname: self.ifname.clone() }
+    }
+
+    /// The netns path as `CNI_NETNS`, which must exist (ADD, CHECK).
+    fn existing_netns(&self) -> Result<String> {
+        match &self.netns {
+            Some(p) if p.exists() => Ok(p.to_string_lossy().into_owned()),
+            Some(p) => Err(CniError::InvalidAttachment { reason: format!("netns {} does not exist", p.display()) }),
+            None => Err(CniError::InvalidAttachment { reason: "no netns given".into() }),
+        }
     }
 
     fn validate(&self) -> Result<()> {
@@ -295,13 +305,8 @@ impl CniRuntime {
         let span =
             tracing::info_span!("cni_add", network = %list.name, container_id = %a.container_id, ifname = %a.ifname);
         async {
-            if !a.netns.exists() {
-                return Err(CniError::InvalidAttachment {
-                    reason: format!("netns {} does not exist", a.netns.display()),
-                });
-            }
+            let netns = a.existing_netns()?;
             let caps = a.capabilities();
-            let netns = a.netns.to_string_lossy().into_owned();
             let mut prev: Option<Value> = None;
             for plugin in &list.plugins {
                 let conf = config::build_plugin_config(&list, plugin, prev.as_ref(), &caps, &[]);
@@ -363,10 +368,9 @@ impl CniRuntime {
         let span =
             tracing::info_span!("cni_del", network = %list.name, container_id = %a.container_id, ifname = %a.ifname);
         async {
-            let netns = if !a.netns.as_os_str().is_empty() && a.netns.exists() {
-                a.netns.to_string_lossy().into_owned()
-            } else {
-                String::new()
+            let netns = match &a.netns {
+                Some(p) if !p.as_os_str().is_empty() && p.exists() => p.to_string_lossy().into_owned(),
+                _ => String::new(),
             };
             let mut caps = a.capabilities();
             if let Some(c) = &cached {
@@ -422,12 +426,9 @@ impl CniRuntime {
             .cache
             .read(&list.name, &a.container_id, &a.ifname)?
             .ok_or_else(|| unsupported("no cached result for this attachment".into()))?;
-        if !a.netns.exists() {
-            return Err(CniError::InvalidAttachment { reason: format!("netns {} does not exist", a.netns.display()) });
-        }
+        let netns = a.existing_netns()?;
         let span = tracing::info_span!("cni_check", network = %list.name, container_id = %a.container_id);
         async {
-            let netns = a.netns.to_string_lossy().into_owned();
             let mut caps = a.capabilities();
             for (k, v) in &cached.capability_args {
                 caps.entry(k.clone()).or_insert_with(|| v.clone());
@@ -442,10 +443,26 @@ impl CniRuntime {
         .await
     }
 
-    /// Garbage-collects attachments not in `valid`: DELs each stale cached attachment (with its
-    /// cached netns, args and config), then sends GC with `cni.dev/valid-attachments` when the
-    /// current network's cniVersion is ≥ 1.1.0. Call at agent start with the sandboxes that exist.
-    pub async fn gc(&self, valid: &[AttachmentKey]) -> Result<GcReport> {
+    /// Garbage-collects attachments not in `valid` (`(container id, ifname)` pairs of the
+    /// sandboxes that exist; call at agent start). Every failure is logged; the first one is
+    /// returned after all stale attachments were tried. See [`CniRuntime::gc_report`].
+    pub async fn gc(&self, valid: &[(String, String)]) -> Result<()> {
+        let keys: Vec<AttachmentKey> =
+            valid.iter().map(|(c, i)| AttachmentKey { container_id: c.clone(), ifname: i.clone() }).collect();
+        let report = self.gc_report(&keys).await?;
+        for e in &report.errors {
+            tracing::warn!(error = %e, "CNI GC");
+        }
+        match report.errors.into_iter().next() {
+            Some(first) => Err(first),
+            None => Ok(()),
+        }
+    }
+
+    /// The GC behind [`CniRuntime::gc`], reporting what was deleted and what failed: DELs each
+    /// stale cached attachment (with its cached netns, args and config), then sends GC with
+    /// `cni.dev/valid-attachments` when the current network's cniVersion is ≥ 1.1.0.
+    pub async fn gc_report(&self, valid: &[AttachmentKey]) -> Result<GcReport> {
         let span = tracing::info_span!("cni_gc", valid = valid.len());
         async {
             let mut report = GcReport::default();
@@ -460,7 +477,7 @@ impl CniRuntime {
                 };
                 let a = Attachment {
                     container_id: entry.container_id.clone(),
-                    netns: PathBuf::from(&entry.netns),
+                    netns: Some(PathBuf::from(&entry.netns)).filter(|p| !p.as_os_str().is_empty()),
                     ifname: entry.if_name.clone(),
                     pod_name: arg("K8S_POD_NAME"),
                     pod_namespace: arg("K8S_POD_NAMESPACE"),

@@ -41,7 +41,7 @@ impl Fixture {
     fn attachment(&self, cid: &str) -> Attachment {
         Attachment {
             container_id: cid.into(),
-            netns: self.netns(),
+            netns: Some(self.netns()),
             ifname: "eth0".into(),
             pod_name: "web".into(),
             pod_namespace: "default".into(),
@@ -254,7 +254,9 @@ async fn missing_plugins_and_bad_attachments_are_reported() {
     a.pod_name = "x;y".into();
     assert!(matches!(f.rt.add(&a).await, Err(CniError::InvalidAttachment { .. })));
     let mut a = f.attachment("c4");
-    a.netns = f.dir.path().join("no-such-netns");
+    a.netns = Some(f.dir.path().join("no-such-netns"));
+    assert!(matches!(f.rt.add(&a).await, Err(CniError::InvalidAttachment { .. })));
+    a.netns = None;
     assert!(matches!(f.rt.add(&a).await, Err(CniError::InvalidAttachment { .. })));
 }
 
@@ -264,7 +266,7 @@ async fn gc_deletes_stale_attachments_and_sends_valid_set_from_1_1() {
     f.rt.add(&f.attachment("keep")).await.expect("ADD keep");
     f.rt.add(&f.attachment("stale")).await.expect("ADD stale");
     let valid = [AttachmentKey { container_id: "keep".into(), ifname: "eth0".into() }];
-    let report = f.rt.gc(&valid).await.expect("GC");
+    let report = f.rt.gc_report(&valid).await.expect("GC");
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(report.deleted, vec![AttachmentKey { container_id: "stale".into(), ifname: "eth0".into() }]);
     assert_eq!(f.env("DEL-first.env")["CNI_CONTAINERID"], "stale");
@@ -281,8 +283,9 @@ async fn gc_deletes_stale_attachments_and_sends_valid_set_from_1_1() {
 async fn gc_before_1_1_only_deletes_stale_cache_entries() {
     let f = two_plugin_fixture("1.0.0");
     f.rt.add(&f.attachment("stale")).await.expect("ADD");
-    let report = f.rt.gc(&[]).await.expect("GC");
-    assert_eq!(report.deleted.len(), 1);
+    f.rt.gc(&[]).await.expect("GC");
+    assert!(f.rt.cached_attachments().expect("cache").is_empty(), "stale attachment deleted");
+    assert_eq!(f.read("order"), "ADD first\nADD second\nDEL second\nDEL first\n");
     assert!(!f.read("order").contains("GC "), "no GC verb before 1.1.0");
 }
 
