@@ -496,6 +496,14 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn ipv6_pod_addresses_are_bracketed_in_host() {
+        let s = serve_on("::1", by_path, None).await;
+        assert_eq!(probe(&get(s.addr, "/ok"), T).await, Outcome::Success);
+        let head = s.requests()[0].to_ascii_lowercase();
+        assert!(head.contains(&format!("host: [::1]:{}\r\n", s.addr.port())), "{head}");
+    }
+
+    #[tokio::test]
     async fn redirect_loops_stop_after_ten_requests() {
         let s = serve(by_path).await;
         let outcome = probe(&get(s.addr, "/loop"), T).await;

@@ -177,14 +177,16 @@ pub struct ContainerProber {
 }
 
 impl ContainerProber {
-    /// Starts probing container `container_id`, whose task started at `started_at` (for an adopted
-    /// container: now minus its age, so `initialDelaySeconds` keeps counting from the real start).
+    /// Starts probing container `container_id`, whose task started at `started_at` (a tokio or std
+    /// `Instant`; for an adopted container: now minus its age, so `initialDelaySeconds` keeps
+    /// counting from the real start). Must be called within a tokio runtime.
     pub fn spawn(
         runtime: Arc<dyn ContainerRuntime>,
         container_id: impl Into<String>,
         probes: ContainerProbes,
-        started_at: Instant,
+        started_at: impl Into<Instant>,
     ) -> Self {
+        let started_at = started_at.into();
         let started = probes.startup.is_none();
         let initial = ProbeStatus { started, ready: started && probes.readiness.is_none(), failure: None };
         let (tx, status) = watch::channel(initial);
