@@ -77,6 +77,12 @@ pub fn parse_conflist(path: &Path, bytes: &[u8]) -> Result<NetworkConfigList, Cn
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
         .ok_or_else(|| invalid(path, "missing \"name\""))?;
+    // The spec's network name grammar; it also ends up in cache file names.
+    let valid_name = name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if !valid_name {
+        return Err(invalid(path, format!("network name {name:?} must match [a-zA-Z0-9][a-zA-Z0-9_.-]*")));
+    }
     let cni_version = obj
         .get("cniVersion")
         .and_then(Value::as_str)
@@ -227,6 +233,7 @@ mod tests {
             ("{", "EOF"),
             (r#"{"cniVersion":"1.0.0","plugins":[{"type":"x"}]}"#, "name"),
             (r#"{"name":"n","plugins":[{"type":"x"}]}"#, "cniVersion"),
+            (r#"{"name":"../n","cniVersion":"1.0.0","plugins":[{"type":"x"}]}"#, "network name"),
             (r#"{"name":"n","cniVersion":"1.0.0","plugins":[]}"#, "empty"),
             (r#"{"name":"n","cniVersion":"1.0.0","plugins":[{"bridge":"x"}]}"#, "type"),
             (r#"{"name":"n","cniVersion":"1.0.0","plugins":[{"type":"../bin/sh"}]}"#, "executable"),
