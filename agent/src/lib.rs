@@ -6,5 +6,14 @@
 
 pub mod cgroups;
 pub mod cni;
+pub mod manager;
+pub mod manifest;
 pub mod netns;
+pub mod network;
+pub mod oci;
+pub mod pod;
+pub mod probe;
 pub mod quantity;
+pub mod runtime;
+pub mod server;
+pub mod static_pods;

@@ -52,9 +52,11 @@ pub fn decode_file(path: &Path, text: &str, node_name: &str) -> Vec<Result<Stati
         if value.is_null() {
             continue; // an empty document (e.g. a trailing `---`)
         }
-        out.push(decode_value(value, node_name).map_err(|(field, reason)| err(Some(i), &field, reason)).map(|pod| {
-            StaticPod { source: path.to_path_buf(), pod: finalize_static(pod, path, i, node_name) }
-        }));
+        out.push(
+            decode_value(value, node_name)
+                .map_err(|(field, reason)| err(Some(i), &field, reason))
+                .map(|pod| StaticPod { source: path.to_path_buf(), pod: finalize_static(pod, path, i, node_name) }),
+        );
     }
     out
 }
@@ -155,7 +157,10 @@ pub fn validate_pod(pod: &Pod) -> Result<(), FieldErr> {
         return e("metadata.name", "required");
     }
     if !is_dns1123_subdomain(name) {
-        return e("metadata.name", &format!("{name:?} is not a DNS-1123 subdomain (lowercase alphanumerics, '-', '.')"));
+        return e(
+            "metadata.name",
+            &format!("{name:?} is not a DNS-1123 subdomain (lowercase alphanumerics, '-', '.')"),
+        );
     }
     if let Some(ns) = pod.metadata.namespace.as_deref()
         && !is_dns1123_label(ns)
@@ -238,7 +243,11 @@ fn validate_container(c: &Container, f: &str, init: bool) -> Result<(), FieldErr
             return err(&format!("ports[{i}].name"), format!("{n:?} is not a valid port name (IANA_SVC_NAME)"));
         }
     }
-    for (probe, p) in [("livenessProbe", &c.liveness_probe), ("readinessProbe", &c.readiness_probe), ("startupProbe", &c.startup_probe)] {
+    for (probe, p) in [
+        ("livenessProbe", &c.liveness_probe),
+        ("readinessProbe", &c.readiness_probe),
+        ("startupProbe", &c.startup_probe),
+    ] {
         if let Some(p) = p {
             if init {
                 return err(probe, "init containers may not have probes".into());
@@ -250,10 +259,15 @@ fn validate_container(c: &Container, f: &str, init: bool) -> Result<(), FieldErr
 }
 
 fn validate_probe(p: &Probe, f: &str) -> Result<(), FieldErr> {
-    let handlers =
-        [p.exec.is_some(), p.http_get.is_some(), p.tcp_socket.is_some(), p.grpc.is_some()].iter().filter(|b| **b).count();
+    let handlers = [p.exec.is_some(), p.http_get.is_some(), p.tcp_socket.is_some(), p.grpc.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
     if handlers != 1 {
-        return Err((f.to_string(), format!("exactly one handler (exec, httpGet, tcpSocket, grpc) required, found {handlers}")));
+        return Err((
+            f.to_string(),
+            format!("exactly one handler (exec, httpGet, tcpSocket, grpc) required, found {handlers}"),
+        ));
     }
     for (name, v) in [
         ("periodSeconds", p.period_seconds),
@@ -343,7 +357,13 @@ spec:
             (GOOD.replace("64Mi", "64Mz"), "spec.containers[0].resources.limits.memory"),
             (GOOD.replace("name: web", "name: Web_1"), "metadata.name"),
             (GOOD.replace("image: keelson.local/busybox:latest", "image: \"\""), "spec.containers[0].image"),
-            (GOOD.replace("containers: [{name: c, image: busybox}]", "containers: [{name: c, image: b}, {name: c, image: b}]"), "spec.containers[1].name"),
+            (
+                GOOD.replace(
+                    "containers: [{name: c, image: busybox}]",
+                    "containers: [{name: c, image: b}, {name: c, image: b}]",
+                ),
+                "spec.containers[1].name",
+            ),
             (GOOD.replace("kind: Pod\nmetadata: {name: web}", "kind: Service\nmetadata: {name: web}"), "kind"),
         ];
         for (text, field) in cases {
@@ -367,10 +387,7 @@ spec:
 
     #[test]
     fn probes_need_exactly_one_handler() {
-        let t = GOOD.replace(
-            "command: [httpd, -f]",
-            "command: [httpd, -f]\n    livenessProbe: {periodSeconds: 1}",
-        );
+        let t = GOOD.replace("command: [httpd, -f]", "command: [httpd, -f]\n    livenessProbe: {periodSeconds: 1}");
         assert_eq!(first_err(&t).field, "spec.containers[0].livenessProbe");
     }
 }

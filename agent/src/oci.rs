@@ -459,7 +459,10 @@ pub fn container_spec(
     let env = resolve_env(c, image, ctx, field)?;
     let argv = resolve_argv(c, image, &env);
     if argv.is_empty() {
-        return Err(spec_err(format!("{field}.command"), "no command specified and the image has no entrypoint or cmd"));
+        return Err(spec_err(
+            format!("{field}.command"),
+            "no command specified and the image has no entrypoint or cmd",
+        ));
     }
 
     // User: container securityContext, then pod securityContext, then the image's USER.
@@ -489,8 +492,11 @@ pub fn container_spec(
     }
 
     // Capabilities.
-    let mut caps: Vec<String> =
-        if privileged { ALL_CAPS.iter().map(|s| s.to_string()).collect() } else { DEFAULT_CAPS.iter().map(|s| s.to_string()).collect() };
+    let mut caps: Vec<String> = if privileged {
+        ALL_CAPS.iter().map(|s| s.to_string()).collect()
+    } else {
+        DEFAULT_CAPS.iter().map(|s| s.to_string()).collect()
+    };
     if !privileged && let Some(cs) = sc.and_then(|s| s.capabilities.as_ref()) {
         for a in cs.add.iter().flatten() {
             if a.eq_ignore_ascii_case("ALL") {
@@ -498,7 +504,10 @@ pub fn container_spec(
             } else {
                 let n = cap_name(a);
                 if !ALL_CAPS.contains(&n.as_str()) {
-                    return Err(spec_err(format!("{field}.securityContext.capabilities.add"), format!("unknown capability {a:?}")));
+                    return Err(spec_err(
+                        format!("{field}.securityContext.capabilities.add"),
+                        format!("unknown capability {a:?}"),
+                    ));
                 }
                 if !caps.contains(&n) {
                     caps.push(n);
@@ -527,15 +536,21 @@ pub fn container_spec(
             Some("Unconfined") => None,
             None | Some("RuntimeDefault") => Some(default_seccomp()),
             Some(other) => {
-                return Err(spec_err(format!("{field}.securityContext.seccompProfile.type"), format!("unsupported {other:?}")));
+                return Err(spec_err(
+                    format!("{field}.securityContext.seccompProfile.type"),
+                    format!("unsupported {other:?}"),
+                ));
             }
         }
     };
 
     let mut mounts = base_mounts(!privileged);
-    for (dest, src) in [("/etc/hosts", ctx.etc_hosts), ("/etc/resolv.conf", ctx.resolv_conf), ("/etc/hostname", ctx.hostname_file)]
+    for (dest, src) in
+        [("/etc/hosts", ctx.etc_hosts), ("/etc/resolv.conf", ctx.resolv_conf), ("/etc/hostname", ctx.hostname_file)]
     {
-        mounts.push(json!({"destination": dest, "type": "bind", "source": src.to_string_lossy(), "options": ["rbind", "rw"]}));
+        mounts.push(
+            json!({"destination": dest, "type": "bind", "source": src.to_string_lossy(), "options": ["rbind", "rw"]}),
+        );
     }
     // Each container gets its own /dev/shm tmpfs. (Kubernetes shares one per pod; a pod-wide shm
     // mount owned by the agent is future work.)
@@ -548,11 +563,17 @@ pub fn container_spec(
         json!({"type": "uts", "path": format!("/proc/{pause_pid}/ns/uts")}),
         json!({"type": "mount"}),
     ];
-    namespaces.push(if share_pid { json!({"type": "pid", "path": format!("/proc/{pause_pid}/ns/pid")}) } else { json!({"type": "pid"}) });
-
-    let cwd = c.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| {
-        if image.working_dir.is_empty() { "/".into() } else { image.working_dir.clone() }
+    namespaces.push(if share_pid {
+        json!({"type": "pid", "path": format!("/proc/{pause_pid}/ns/pid")})
+    } else {
+        json!({"type": "pid"})
     });
+
+    let cwd = c
+        .working_dir
+        .clone()
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| if image.working_dir.is_empty() { "/".into() } else { image.working_dir.clone() });
     let mut linux = json!({
         "namespaces": namespaces,
         "cgroupsPath": cgroups_path,
@@ -696,7 +717,9 @@ spec:
     fn build(yaml_sc: &str) -> Result<Value, SpecError> {
         let pod = ctx_pod(&POD.replace("    args:", &format!("    securityContext: {yaml_sc}\n    args:")));
         let c = pod.spec.as_ref().unwrap().containers[0].clone();
-        with_ctx(&pod, |ctx| container_spec(ctx, &c, "spec.containers[0]", &img(), 42, "/keelson/pod/c", &Resources::default()))
+        with_ctx(&pod, |ctx| {
+            container_spec(ctx, &c, "spec.containers[0]", &img(), 42, "/keelson/pod/c", &Resources::default())
+        })
     }
 
     #[test]

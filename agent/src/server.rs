@@ -42,19 +42,27 @@ pub async fn serve(run_dir: &Path, src: Arc<dyn StatusSource>) -> std::io::Resul
                 let s = s1.clone();
                 async move {
                     let mut items = s.pods();
-                    items.sort_by(|a, b| (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name)));
+                    items.sort_by(|a, b| {
+                        (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
+                    });
                     Json(json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items}))
                 }
             }),
         )
-        .route("/events", get(move || {
-            let s = s2.clone();
-            async move { Json(s.events()) }
-        }))
-        .route("/manifests", get(move || {
-            let s = s3.clone();
-            async move { Json(s.manifest_errors()) }
-        }));
+        .route(
+            "/events",
+            get(move || {
+                let s = s2.clone();
+                async move { Json(s.events()) }
+            }),
+        )
+        .route(
+            "/manifests",
+            get(move || {
+                let s = s3.clone();
+                async move { Json(s.manifest_errors()) }
+            }),
+        );
     axum::serve(listener, app).await
 }
 

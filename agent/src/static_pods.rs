@@ -58,7 +58,12 @@ pub fn read_dir(dir: &Path, node_name: &str) -> Snapshot {
             }
             Ok(b) => String::from_utf8_lossy(&b).to_string(),
             Err(e) => {
-                snap.errors.push(ManifestError { file: f.clone(), doc: None, field: String::new(), reason: e.to_string() });
+                snap.errors.push(ManifestError {
+                    file: f.clone(),
+                    doc: None,
+                    field: String::new(),
+                    reason: e.to_string(),
+                });
                 continue;
             }
         };
@@ -67,7 +72,8 @@ pub fn read_dir(dir: &Path, node_name: &str) -> Snapshot {
                 Ok(sp) => {
                     let uid = sp.pod.metadata.uid.clone().unwrap_or_default();
                     let key = (sp.pod.metadata.namespace.clone(), sp.pod.metadata.name.clone());
-                    let dup = snap.pods.values().any(|p| (p.metadata.namespace.clone(), p.metadata.name.clone()) == key);
+                    let dup =
+                        snap.pods.values().any(|p| (p.metadata.namespace.clone(), p.metadata.name.clone()) == key);
                     if dup {
                         snap.errors.push(ManifestError {
                             file: f.clone(),
@@ -113,7 +119,11 @@ mod tests {
             "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: [{name: c, image: i}]}\n",
         )
         .unwrap();
-        std::fs::write(d.path().join("b.yaml"), "apiVersion: v1\nkind: Pod\nmetadata: {name: b}\nspec: {containerz: []}\n").unwrap();
+        std::fs::write(
+            d.path().join("b.yaml"),
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: b}\nspec: {containerz: []}\n",
+        )
+        .unwrap();
         std::fs::write(d.path().join(".hidden.yaml"), "garbage: [").unwrap();
         std::fs::write(d.path().join("notes.txt"), "garbage: [").unwrap();
         std::fs::write(

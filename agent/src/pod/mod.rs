@@ -43,8 +43,15 @@ impl Kind {
 pub enum RunState {
     /// Created but not started (e.g. the agent died between create and start).
     Created,
-    Running { started_at: Option<DateTime<Utc>> },
-    Exited { exit_code: i32, reason: Option<String>, started_at: Option<DateTime<Utc>>, finished_at: Option<DateTime<Utc>> },
+    Running {
+        started_at: Option<DateTime<Utc>>,
+    },
+    Exited {
+        exit_code: i32,
+        reason: Option<String>,
+        started_at: Option<DateTime<Utc>>,
+        finished_at: Option<DateTime<Utc>>,
+    },
 }
 
 impl RunState {
@@ -265,8 +272,7 @@ impl Ctx<'_> {
             RunState::Exited { started_at, finished_at, .. } => (*started_at, *finished_at),
             _ => (None, None),
         };
-        let ran_long =
-            matches!((started, finished), (Some(s), Some(f)) if f - s >= to_chrono(self.cfg.backoff_reset));
+        let ran_long = matches!((started, finished), (Some(s), Some(f)) if f - s >= to_chrono(self.cfg.backoff_reset));
         let level = if ran_long { 1 } else { prev.backoff_level + 1 };
         let until = finished.unwrap_or(self.now) + to_chrono(self.cfg.delay(level));
         if self.now < until {

@@ -3,8 +3,8 @@
 use super::{ContainerObs, Decision, Kind, Observed, Phase, RunState, current_sandbox, latest, restart_policy};
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, Pod,
-    PodCondition, PodIP, PodStatus, HostIP,
+    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, HostIP,
+    Pod, PodCondition, PodIP, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -21,7 +21,9 @@ fn terminated(c: &ContainerObs) -> Option<ContainerStateTerminated> {
     match &c.state {
         RunState::Exited { exit_code, reason, started_at, finished_at } => Some(ContainerStateTerminated {
             exit_code: *exit_code,
-            reason: Some(reason.clone().unwrap_or_else(|| if *exit_code == 0 { "Completed".into() } else { "Error".into() })),
+            reason: Some(
+                reason.clone().unwrap_or_else(|| if *exit_code == 0 { "Completed".into() } else { "Error".into() }),
+            ),
             started_at: time(*started_at),
             finished_at: time(*finished_at),
             container_id: Some(format!("containerd://{}", c.id)),
@@ -69,7 +71,8 @@ fn container_status(
             });
             st.started = Some(pv.started);
             st.ready = kind == Kind::App && pv.started && pv.ready;
-            st.last_state = prev.and_then(terminated).map(|t| ContainerState { terminated: Some(t), ..Default::default() });
+            st.last_state =
+                prev.and_then(terminated).map(|t| ContainerState { terminated: Some(t), ..Default::default() });
         }
         (Some(c), Some((reason, msg))) if matches!(c.state, RunState::Exited { .. }) => {
             // Exited and waiting to restart (CrashLoopBackOff) or to be created again.
@@ -79,12 +82,14 @@ fn container_status(
         }
         (Some(c), _) if matches!(c.state, RunState::Exited { .. }) => {
             st.state = terminated(c).map(|t| ContainerState { terminated: Some(t), ..Default::default() });
-            st.last_state = prev.and_then(terminated).map(|t| ContainerState { terminated: Some(t), ..Default::default() });
+            st.last_state =
+                prev.and_then(terminated).map(|t| ContainerState { terminated: Some(t), ..Default::default() });
             st.started = Some(false);
         }
         (_, Some((reason, msg))) => {
             st.state = Some(waiting_state(reason, msg));
-            st.last_state = cur.and_then(terminated).map(|t| ContainerState { terminated: Some(t), ..Default::default() });
+            st.last_state =
+                cur.and_then(terminated).map(|t| ContainerState { terminated: Some(t), ..Default::default() });
             st.started = Some(false);
         }
         _ => {
@@ -144,9 +149,7 @@ pub fn status(pod: &Pod, obs: &Observed, d: &Decision, host_ip: &str, start_time
             let st = s.state.clone().unwrap_or_default();
             if st.running.is_some() {
                 running += 1;
-            } else if st.terminated.is_some() {
-                stopped += 1;
-            } else if s.last_state.as_ref().and_then(|l| l.terminated.as_ref()).is_some() {
+            } else if st.terminated.is_some() || s.last_state.as_ref().and_then(|l| l.terminated.as_ref()).is_some() {
                 stopped += 1;
             } else {
                 waiting += 1;
@@ -154,10 +157,9 @@ pub fn status(pod: &Pod, obs: &Observed, d: &Decision, host_ip: &str, start_time
         }
         if waiting > 0 {
             Phase::Pending
-        } else if running > 0 {
+        } else if running > 0 || stopped > 0 {
+            // Stopped-but-restarting counts as Running; terminal cases come from `d.terminal`.
             Phase::Running
-        } else if stopped > 0 {
-            Phase::Running // restarting under Always/OnFailure; terminal cases come from `d.terminal`
         } else {
             Phase::Pending
         }

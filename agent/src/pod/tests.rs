@@ -98,7 +98,10 @@ fn init_containers_run_before_apps() {
     let p = pod(BASIC);
     let mut o = Observed { sandboxes: vec![sandbox("sb0", 0, true)], ..Default::default() };
     let d = step(&p, false, &o, t(1), &cfg());
-    assert_eq!(d.actions, vec![Action::StartContainer { name: "init".into(), kind: Kind::Init, attempt: 0, backoff_level: 0 }]);
+    assert_eq!(
+        d.actions,
+        vec![Action::StartContainer { name: "init".into(), kind: Kind::Init, attempt: 0, backoff_level: 0 }]
+    );
     assert_eq!(d.waiting["a"].0, "PodInitializing");
 
     o.containers.push(cont(&p, "init", Kind::Init, 0, running()));
@@ -168,10 +171,17 @@ fn liveness_and_startup_failures_kill_the_container() {
     let (p, mut o) = running_pod();
     o.probes.insert("a".into(), ProbeView { started: true, ready: true, liveness_failed: true, startup_failed: false });
     let d = step(&p, false, &o, t(10), &cfg());
-    assert_eq!(d.actions, vec![Action::KillContainer { id: "a-0".into(), name: "a".into(), reason: KillReason::LivenessFailed }]);
-    o.probes.insert("a".into(), ProbeView { started: false, ready: false, liveness_failed: false, startup_failed: true });
+    assert_eq!(
+        d.actions,
+        vec![Action::KillContainer { id: "a-0".into(), name: "a".into(), reason: KillReason::LivenessFailed }]
+    );
+    o.probes
+        .insert("a".into(), ProbeView { started: false, ready: false, liveness_failed: false, startup_failed: true });
     let d = step(&p, false, &o, t(10), &cfg());
-    assert_eq!(d.actions, vec![Action::KillContainer { id: "a-0".into(), name: "a".into(), reason: KillReason::StartupFailed }]);
+    assert_eq!(
+        d.actions,
+        vec![Action::KillContainer { id: "a-0".into(), name: "a".into(), reason: KillReason::StartupFailed }]
+    );
 }
 
 #[test]
@@ -190,7 +200,10 @@ fn crash_loop_backoff_gaps() {
     assert_eq!(cs.last_state.as_ref().unwrap().terminated.as_ref().unwrap().exit_code, 1);
     assert_eq!(cs.last_state.as_ref().unwrap().terminated.as_ref().unwrap().reason.as_deref(), Some("Error"));
     let d = step(&p, false, &o, t(110), &cfg());
-    assert_eq!(d.actions, vec![Action::StartContainer { name: "a".into(), kind: Kind::App, attempt: 1, backoff_level: 1 }]);
+    assert_eq!(
+        d.actions,
+        vec![Action::StartContainer { name: "a".into(), kind: Kind::App, attempt: 1, backoff_level: 1 }]
+    );
 
     // Second instance crashes quickly too: 20 s.
     let mut c1 = cont(&p, "a", Kind::App, 1, exited(1, 111));
@@ -199,7 +212,10 @@ fn crash_loop_backoff_gaps() {
     let d = step(&p, false, &o, t(112), &cfg());
     assert_eq!(d.wake_at, Some(t(131)));
     let d = step(&p, false, &o, t(131), &cfg());
-    assert_eq!(d.actions, vec![Action::StartContainer { name: "a".into(), kind: Kind::App, attempt: 2, backoff_level: 2 }]);
+    assert_eq!(
+        d.actions,
+        vec![Action::StartContainer { name: "a".into(), kind: Kind::App, attempt: 2, backoff_level: 2 }]
+    );
 }
 
 #[test]
@@ -284,15 +300,22 @@ fn failed_init_container_is_retried_under_always() {
         ..Default::default()
     };
     let d = step(&p, false, &o, t(100), &cfg());
-    assert_eq!(d.actions, vec![Action::StartContainer { name: "init".into(), kind: Kind::Init, attempt: 1, backoff_level: 1 }]);
+    assert_eq!(
+        d.actions,
+        vec![Action::StartContainer { name: "init".into(), kind: Kind::Init, attempt: 1, backoff_level: 1 }]
+    );
     assert_eq!(status(&p, &o, &d, "h", t(0)).phase.as_deref(), Some("Pending"));
 }
 
 #[test]
 fn oom_killed_reason_is_reported() {
     let (p, mut o) = running_pod();
-    o.containers[1].state =
-        RunState::Exited { exit_code: 137, reason: Some("OOMKilled".into()), started_at: Some(t(1)), finished_at: Some(t(2)) };
+    o.containers[1].state = RunState::Exited {
+        exit_code: 137,
+        reason: Some("OOMKilled".into()),
+        started_at: Some(t(1)),
+        finished_at: Some(t(2)),
+    };
     let d = step(&p, false, &o, t(3), &cfg());
     let st = status(&p, &o, &d, "h", t(0));
     let last = st.container_statuses.unwrap()[0].last_state.clone().unwrap().terminated.unwrap();
@@ -317,7 +340,12 @@ fn dead_sandbox_stops_containers_then_recreates() {
     o.sandboxes.push(sandbox("sb1", 1, true));
     let d = step(&p, false, &o, t(13), &cfg());
     assert!(d.actions.contains(&Action::RemoveSandbox { id: "sb0".into() }));
-    assert!(d.actions.contains(&Action::StartContainer { name: "init".into(), kind: Kind::Init, attempt: 1, backoff_level: 0 }));
+    assert!(d.actions.contains(&Action::StartContainer {
+        name: "init".into(),
+        kind: Kind::Init,
+        attempt: 1,
+        backoff_level: 0
+    }));
 }
 
 #[test]
@@ -352,7 +380,10 @@ fn created_but_not_started_containers_are_started_with_the_same_attempt() {
     o.containers[2].state = RunState::Created;
     o.containers[2].attempt = 3;
     let d = step(&p, false, &o, t(10), &cfg());
-    assert_eq!(d.actions, vec![Action::StartContainer { name: "b".into(), kind: Kind::App, attempt: 3, backoff_level: 0 }]);
+    assert_eq!(
+        d.actions,
+        vec![Action::StartContainer { name: "b".into(), kind: Kind::App, attempt: 3, backoff_level: 0 }]
+    );
 }
 
 #[test]
@@ -381,7 +412,10 @@ fn image_pull_failures_back_off() {
     let st = status(&p, &o, &d, "h", t(0));
     assert_eq!(st.phase.as_deref(), Some("Pending"));
     let d = step(&p, false, &o, t(20), &cfg());
-    assert_eq!(d.actions, vec![Action::StartContainer { name: "b".into(), kind: Kind::App, attempt: 0, backoff_level: 0 }]);
+    assert_eq!(
+        d.actions,
+        vec![Action::StartContainer { name: "b".into(), kind: Kind::App, attempt: 0, backoff_level: 0 }]
+    );
 }
 
 #[test]
@@ -389,5 +423,8 @@ fn spec_change_restarts_the_container() {
     let (p, mut o) = running_pod();
     o.containers[1].spec_hash = "old".into();
     let d = step(&p, false, &o, t(10), &cfg());
-    assert_eq!(d.actions, vec![Action::KillContainer { id: "a-0".into(), name: "a".into(), reason: KillReason::SpecChanged }]);
+    assert_eq!(
+        d.actions,
+        vec![Action::KillContainer { id: "a-0".into(), name: "a".into(), reason: KillReason::SpecChanged }]
+    );
 }

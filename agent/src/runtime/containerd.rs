@@ -86,7 +86,7 @@ impl Containerd {
         let c = Containerd { channel, namespace: namespace.to_string(), scratch: scratch.to_path_buf() };
         let mut ns = api::namespaces_client::NamespacesClient::new(c.channel.clone());
         let r = ns
-            .create(Request::new(api::CreateNamespaceRequest {
+            .create(c.req(api::CreateNamespaceRequest {
                 namespace: Some(api::Namespace { name: namespace.to_string(), labels: Default::default() }),
             }))
             .await;
@@ -301,9 +301,7 @@ impl Containerd {
             let pick = manifest["manifests"]
                 .as_array()
                 .and_then(|ms| {
-                    ms.iter().find(|m| {
-                        m["platform"]["os"] == "linux" && m["platform"]["architecture"] == "amd64"
-                    })
+                    ms.iter().find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == "amd64")
                 })
                 .and_then(|m| m["digest"].as_str().map(String::from))
                 .ok_or_else(|| RuntimeError::Invalid {
@@ -340,7 +338,9 @@ impl Containerd {
         let mut lbl = std::collections::HashMap::new();
         lbl.insert("containerd.io/gc.expire".to_string(), (Utc::now() + chrono::Duration::hours(1)).to_rfc3339());
         let lease = leases
-            .create(self.req(api::CreateRequest { id: format!("keelson-{}", uuid::Uuid::new_v4().simple()), labels: lbl }))
+            .create(
+                self.req(api::CreateRequest { id: format!("keelson-{}", uuid::Uuid::new_v4().simple()), labels: lbl }),
+            )
             .await
             .map_err(grpc("leases.Create"))?
             .into_inner()
@@ -446,10 +446,8 @@ impl ContainerRuntime for Containerd {
             let cbytes = blob(&cdesc.digest)?.clone();
             let config: serde_json::Value =
                 serde_json::from_slice(&cbytes).map_err(|e| invalid(format!("config: {e}")))?;
-            let layers: Vec<Descriptor> = manifest["layers"]
-                .as_array()
-                .map(|a| a.iter().filter_map(descriptor).collect())
-                .unwrap_or_default();
+            let layers: Vec<Descriptor> =
+                manifest["layers"].as_array().map(|a| a.iter().filter_map(descriptor).collect()).unwrap_or_default();
             let diff_ids = str_list(&config["rootfs"]["diff_ids"]);
             if diff_ids.len() != layers.len() {
                 return Err(invalid(format!("{} layers but {} diff_ids", layers.len(), diff_ids.len())));
@@ -484,8 +482,10 @@ impl ContainerRuntime for Containerd {
                     created_at: None,
                     updated_at: None,
                 };
-                let created =
-                    self.images().create(self.req(api::CreateImageRequest { image: Some(image.clone()), source_date_epoch: None })).await;
+                let created = self
+                    .images()
+                    .create(self.req(api::CreateImageRequest { image: Some(image.clone()), source_date_epoch: None }))
+                    .await;
                 match created {
                     Ok(_) => {}
                     Err(s) if s.code() == Code::AlreadyExists => {
@@ -588,7 +588,8 @@ impl ContainerRuntime for Containerd {
                 let (stdout, stderr) = match stdio {
                     Stdio::Null => (String::new(), String::new()),
                     Stdio::Binary { binary, args } => {
-                        let q: Vec<String> = args.iter().map(|(k, v)| format!("{}={}", url_escape(k), url_escape(v))).collect();
+                        let q: Vec<String> =
+                            args.iter().map(|(k, v)| format!("{}={}", url_escape(k), url_escape(v))).collect();
                         let uri = format!("binary://{}?{}", binary.display(), q.join("&"));
                         (uri.clone(), uri)
                     }
@@ -640,7 +641,9 @@ impl ContainerRuntime for Containerd {
     async fn list(&self) -> Result<Vec<ContainerInfo>> {
         let resp = self
             .containers()
-            .list(self.req(api::ListContainersRequest { filters: vec![format!("labels.\"{}\"==true", labels::MANAGED)] }))
+            .list(
+                self.req(api::ListContainersRequest { filters: vec![format!("labels.\"{}\"==true", labels::MANAGED)] }),
+            )
             .await
             .map_err(grpc("containers.List"))?
             .into_inner();
@@ -750,11 +753,15 @@ impl ContainerRuntime for Containerd {
                 stdout: out_uri.clone(),
                 stderr: out_uri,
                 terminal: false,
-                spec: Some(prost_types::Any {
-                    type_url: PROCESS_TYPE_URL.into(),
-                    value: serde_json::to_vec(&process)
-                        .map_err(|e| RuntimeError::Invalid { what: "process spec".into(), reason: e.to_string() })?,
-                }),
+                spec: Some(
+                    prost_types::Any {
+                        type_url: PROCESS_TYPE_URL.into(),
+                        value: serde_json::to_vec(&process).map_err(|e| RuntimeError::Invalid {
+                            what: "process spec".into(),
+                            reason: e.to_string(),
+                        })?,
+                    },
+                ),
                 exec_id: exec_id.clone(),
             }))
             .await
@@ -783,53 +790,69 @@ impl ContainerRuntime for Containerd {
                 }
             },
         };
-        let _ = tasks
-            .delete_process(self.req(api::DeleteProcessRequest { container_id: id.to_string(), exec_id }))
-            .await;
+        let _ =
+            tasks.delete_process(self.req(api::DeleteProcessRequest { container_id: id.to_string(), exec_id })).await;
         let output = std::fs::read(&out).unwrap_or_default();
         let _ = std::fs::remove_file(&out);
         Ok(ExecResult { exit_code: result?, output })
     }
 
     async fn events(&self) -> Result<tokio::sync::mpsc::Receiver<RuntimeEvent>> {
-        let mut client = api::events_client::EventsClient::new(self.channel.clone());
+        // containerd sends the response headers of Subscribe only with the first event, so the
+        // subscription is made (and re-made after errors) in the background task.
+        let channel = self.channel.clone();
         let filters = vec![
             format!("namespace=={},topic==\"/tasks/exit\"", self.namespace),
             format!("namespace=={},topic==\"/tasks/oom\"", self.namespace),
         ];
-        let mut stream = client
-            .subscribe(Request::new(api::SubscribeRequest { filters }))
-            .await
-            .map_err(grpc("events.Subscribe"))?
-            .into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::spawn(async move {
-            loop {
-                let env = match stream.message().await {
-                    Ok(Some(e)) => e,
-                    Ok(None) => break,
-                    Err(e) => {
-                        warn!(error = %e, "containerd event stream ended");
-                        break;
+            while !tx.is_closed() {
+                let mut client = api::events_client::EventsClient::new(channel.clone());
+                let sub = client.subscribe(Request::new(api::SubscribeRequest { filters: filters.clone() }));
+                let mut stream = tokio::select! {
+                    r = sub => match r {
+                        Ok(s) => s.into_inner(),
+                        Err(e) => {
+                            warn!(error = %e, "containerd event subscription failed; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
+                    },
+                    _ = tx.closed() => return,
+                };
+                loop {
+                    let env = match stream.message().await {
+                        Ok(Some(e)) => e,
+                        Ok(None) => break,
+                        Err(e) => {
+                            warn!(error = %e, "containerd event stream broke; resubscribing");
+                            break;
+                        }
+                    };
+                    let Some(any) = env.event else { continue };
+                    let ev = match env.topic.as_str() {
+                        "/tasks/exit" => {
+                            containerd_client::events::TaskExit::decode(any.value.as_slice()).ok().and_then(|e| {
+                                // Exec exits carry id != container_id; only the init process matters here.
+                                (e.id == e.container_id || e.id.is_empty()).then_some(RuntimeEvent::TaskExit {
+                                    container_id: e.container_id,
+                                    exit_code: e.exit_status as i32,
+                                })
+                            })
+                        }
+                        "/tasks/oom" => containerd_client::events::TaskOom::decode(any.value.as_slice())
+                            .ok()
+                            .map(|e| RuntimeEvent::TaskOom { container_id: e.container_id }),
+                        _ => None,
+                    };
+                    if let Some(ev) = ev
+                        && tx.send(ev).await.is_err()
+                    {
+                        return;
                     }
-                };
-                let Some(any) = env.event else { continue };
-                let ev = match env.topic.as_str() {
-                    "/tasks/exit" => containerd_client::events::TaskExit::decode(any.value.as_slice()).ok().and_then(|e| {
-                        // Exec exits carry id != container_id; only the init process matters here.
-                        (e.id == e.container_id || e.id.is_empty())
-                            .then(|| RuntimeEvent::TaskExit { container_id: e.container_id, exit_code: e.exit_status as i32 })
-                    }),
-                    "/tasks/oom" => containerd_client::events::TaskOom::decode(any.value.as_slice())
-                        .ok()
-                        .map(|e| RuntimeEvent::TaskOom { container_id: e.container_id }),
-                    _ => None,
-                };
-                if let Some(ev) = ev
-                    && tx.send(ev).await.is_err()
-                {
-                    break;
                 }
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
         Ok(rx)

@@ -89,7 +89,10 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn import_archive(&self, path: &Path) -> Result<Vec<String>> {
-        Err(RuntimeError::Invalid { what: path.display().to_string(), reason: "the fake cannot import archives".into() })
+        Err(RuntimeError::Invalid {
+            what: path.display().to_string(),
+            reason: "the fake cannot import archives".into(),
+        })
     }
 
     async fn image_config(&self, image: &str) -> Result<ImageConfig> {

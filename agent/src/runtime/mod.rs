@@ -130,8 +130,13 @@ pub enum TaskState {
     /// Container exists but has no task (never started, or the task was deleted).
     None,
     Created,
-    Running { pid: u32 },
-    Stopped { exit_code: i32, exited_at: Option<DateTime<Utc>> },
+    Running {
+        pid: u32,
+    },
+    Stopped {
+        exit_code: i32,
+        exited_at: Option<DateTime<Utc>>,
+    },
     Paused,
     Unknown,
 }
