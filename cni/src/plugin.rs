@@ -456,9 +456,10 @@ pub fn cmd_check(conf: &NetConf, env: &Env, node: &mut dyn Netlink, open_pod: Po
 /// GC: free every allocation whose attachment is not in `cni.dev/valid-attachments`, delete our
 /// host veths on the bridge that belong to no valid attachment, drop their nft elements.
 ///
-/// Only veths already enslaved to our bridge are touched: a `kc…` veth that is not (yet) enslaved
-/// may belong to an ADD in progress for another network. Such a leftover from a crash dies with
-/// its pod netns (a veth pair is destroyed with either end) or is replaced by the retried ADD.
+/// Host veths are recognised by name (`kc` + 13 hex) and must be on our bridge or on no bridge at
+/// all (a crash between creating and enslaving the veth); veths on another bridge belong to
+/// another network and are left alone. As the spec requires, the runtime does not run GC
+/// concurrently with ADD for the same network.
 pub fn cmd_gc(conf: &NetConf, node: &mut dyn Netlink, masq: &mut dyn Masq) -> Result<GcReport, CniError> {
     let valid_list = conf.valid_attachments.as_ref().ok_or_else(|| {
         CniError::new(code::INVALID_NETWORK_CONFIG, "GC needs cni.dev/valid-attachments", "field missing")
@@ -478,16 +479,17 @@ pub fn cmd_gc(conf: &NetConf, node: &mut dyn Netlink, masq: &mut dyn Masq) -> Re
         stale
     };
     let bridge = conf.bridge.clone().unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
+    let br_index = node.link(&bridge).map_err(|e| nl_err("look up bridge", e))?.map(|b| b.index);
+    let keep: BTreeSet<String> = valid.iter().map(|o| host_veth_name(&o.container_id, &o.ifname)).collect();
     let mut deleted = Vec::new();
-    if let Some(br) = node.link(&bridge).map_err(|e| nl_err("look up bridge", e))? {
-        let keep: BTreeSet<String> = valid.iter().map(|o| host_veth_name(&o.container_id, &o.ifname)).collect();
-        for l in node.links().map_err(|e| nl_err("list links", e))? {
-            let ours = l.kind.as_deref() == Some("veth") && l.name.starts_with(VETH_PREFIX) && l.name.len() == 15;
-            if ours && l.master == Some(br.index) && !keep.contains(&l.name) {
-                match node.del_link(l.index) {
-                    Ok(()) | Err(NetlinkError::NotFound { .. }) => deleted.push(l.name.clone()),
-                    Err(e) => return Err(nl_err("delete stale veth", e)),
-                }
+    for l in node.links().map_err(|e| nl_err("list links", e))? {
+        let ours = l.kind.as_deref() == Some("veth") && l.name.starts_with(VETH_PREFIX) && l.name.len() == 15;
+        // on our bridge, or never enslaved (a crash between veth creation and enslaving)
+        let attached_here = l.master.is_none() || l.master == br_index;
+        if ours && attached_here && !keep.contains(&l.name) {
+            match node.del_link(l.index) {
+                Ok(()) | Err(NetlinkError::NotFound { .. }) => deleted.push(l.name.clone()),
+                Err(e) => return Err(nl_err("delete stale veth", e)),
             }
         }
     }
@@ -644,9 +646,21 @@ mod tests {
         let si = node.link(&stale).unwrap().unwrap().index;
         node.set_master(si, br).unwrap();
         node.add_veth(&host_veth_name("keep", "eth0"), "eth0", Path::new("/x"), 1450).unwrap();
+        let unenslaved = host_veth_name("crashed-early", "eth0");
+        node.add_veth(&unenslaved, "eth0", Path::new("/x"), 1450).unwrap();
+        node.add_bridge("other0", 1500).unwrap();
+        let other = host_veth_name("other-net", "eth0");
+        node.add_veth(&other, "eth0", Path::new("/x"), 1450).unwrap();
+        let (oi, ob) = (node.link(&other).unwrap().unwrap().index, node.link("other0").unwrap().unwrap().index);
+        node.set_master(oi, ob).unwrap();
         let report = cmd_gc(&c, &mut node, &mut masq).unwrap();
         assert_eq!(report.freed, vec![leaked]);
-        assert_eq!(report.deleted_links, vec![stale]);
+        let mut deleted = report.deleted_links.clone();
+        deleted.sort();
+        let mut want = vec![stale, unenslaved];
+        want.sort();
+        assert_eq!(deleted, want, "stale veths on our bridge or on none; not another network's");
+        assert!(node.link(&other).unwrap().is_some());
         assert_eq!(ipam.allocations().unwrap().len(), 1);
         let no_list = conf(tmp.path(), "");
         assert_eq!(cmd_gc(&no_list, &mut node, &mut masq).unwrap_err().code, code::INVALID_NETWORK_CONFIG);

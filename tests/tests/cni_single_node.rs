@@ -275,7 +275,9 @@ fn bad_input_is_refused_and_leaves_nothing() {
     let full: Vec<(&str, &str)> = base.iter().copied().chain([("CNI_NETNS", netns.as_str())]).collect();
     let good = node.conf("1.1.0", "").to_string();
 
-    let cases: Vec<(&str, Vec<(&str, &str)>, String, u64)> = vec![
+    // (what, environment, stdin, expected spec error code)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, String, u64);
+    let cases: Vec<Case<'_>> = vec![
         ("malformed JSON", full.clone(), "{\"cniVersion\":".into(), 6),
         ("unsupported version", full.clone(), node.conf("2.0.0", "").to_string(), 1),
         ("missing CNI_NETNS", base.to_vec(), good.clone(), 4),
@@ -352,4 +354,60 @@ fn subnet_and_mtu_from_the_agents_subnet_file() {
     let r = node.cni("ADD", "ctr-g", Some(&pod.path()), &conf).expect("ADD");
     assert_eq!(r.err_code(), Some(11), "no subnet file yet → try again later: {}", r.stdout);
     assert!(node.host_veths().expect("veths").is_empty());
+}
+
+#[test]
+fn sigkill_at_any_point_of_add_leaks_nothing_after_gc() {
+    require_root();
+    let node = Node::new("10.251.12.0/24").expect("node");
+    let conf = node.conf("1.1.0", "").to_string();
+    let warm = Netns::new("pw").expect("pod");
+    node.add("warm", &warm).expect("ADD warm-up (bridge exists afterwards)");
+    node.del("warm", Some(&warm)).expect("DEL warm-up");
+    // Kill real ADDs after 0…30 ms: process start, IPAM, veth creation and pod wiring all take a
+    // few ms each, so the kills land in every phase (including after success).
+    let mut pods = Vec::new();
+    for (i, delay_ms) in [0u64, 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 30].into_iter().enumerate() {
+        let pod = Netns::new("pk").expect("pod");
+        let id = format!("crash-{i}");
+        let mut child = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", node.ns.path().display()))
+            .arg("--")
+            .arg(keelson_tests::cni::plugin_path())
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", &id)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_NETNS", pod.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn");
+        {
+            use std::io::Write;
+            child.stdin.take().expect("stdin").write_all(conf.as_bytes()).expect("write config");
+        }
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL: no rollback can run
+        let _ = child.wait();
+        pods.push(pod);
+    }
+    eprintln!(
+        "before GC: {} IPAM records, {} host veths (from {} killed ADDs)",
+        node.ipam_records().len(),
+        node.host_veths().expect("veths").len(),
+        pods.len()
+    );
+    // The runtime knows none of these attachments: GC must remove every trace.
+    let gc = node.conf("1.1.0", r#""cni.dev/valid-attachments":[]"#);
+    let r = node.cni("GC", "", None, &gc).expect("GC");
+    assert_eq!(r.code, 0, "GC: {} {}", r.stdout, r.stderr);
+    assert!(node.ipam_records().is_empty(), "records left: {:?}", node.ipam_records());
+    assert!(node.host_veths().expect("veths").is_empty(), "veths left");
+    for pod in &pods {
+        assert!(pod.exec_ok(&["ip", "link", "show", "eth0"]).is_err(), "pod {} keeps eth0", pod.name());
+    }
+    // and the node is healthy for the next pod
+    node.add("after", &warm).expect("ADD after crashes");
+    node.del("after", Some(&warm)).expect("DEL");
 }
