@@ -575,17 +575,7 @@ impl CniRuntime {
             None => None,
         };
         if let Some(ns) = &plugin_ns {
-            let fd = std::os::fd::AsRawFd::as_raw_fd(ns);
-            // SAFETY: the closure only calls setns(2), which is async-signal-safe, on an fd that
-            // stays open in the child until exec (it is O_CLOEXEC).
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            crate::netns::tokio_pre_exec_setns(&mut cmd, ns);
         }
         let span = tracing::debug_span!("cni_exec", plugin = %name, command = command.as_str());
         let started = std::time::Instant::now();

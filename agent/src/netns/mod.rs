@@ -177,7 +177,8 @@ pub fn open(path: &Path) -> Result<File> {
 
 /// Runs `f` inside the network namespace at `path`, on a dedicated thread that is discarded
 /// afterwards. The caller's thread never changes namespace. Blocking: call it from
-/// `spawn_blocking` in async code if `f` is slow.
+/// `spawn_blocking` in async code if `f` is slow. Only the network namespace changes: `/sys`
+/// still shows the caller's view, so inspect links through netlink or `ip`, not sysfs.
 pub fn run_in<T, F>(path: &Path, f: F) -> Result<T>
 where
     F: FnOnce() -> T + Send,
@@ -204,6 +205,21 @@ pub fn pre_exec_setns(cmd: &mut std::process::Command, ns: &File) {
     let fd = ns.as_raw_fd();
     // SAFETY: the closure only calls setns(2), which is async-signal-safe, on an fd inherited
     // across fork (it is O_CLOEXEC, so it closes only at exec, after setns ran).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// [`pre_exec_setns`] for a `tokio::process::Command`.
+pub fn tokio_pre_exec_setns(cmd: &mut tokio::process::Command, ns: &File) {
+    use std::os::fd::AsRawFd;
+    let fd = ns.as_raw_fd();
+    // SAFETY: as in `pre_exec_setns`: only setns(2), async-signal-safe, on an fd open until exec.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
