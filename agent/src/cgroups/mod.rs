@@ -16,7 +16,7 @@
 //!
 //! The pure arithmetic (QoS class, shares, quota, oom_score_adj, v1↔v2 conversions) lives in
 //! [`resources`] (quantities are read with [`crate::quantity`]); [`fs::CgroupFs`] is the real
-//! implementation for cgroup v1 (incl. hybrid) and v2; [`fake::FakeCgroups`] (feature
+//! implementation for cgroup v1 (incl. hybrid) and v2; `fake::FakeCgroups` (feature
 //! `test-helpers`) is a stateful fake.
 
 pub mod fs;
