@@ -72,7 +72,15 @@ pub struct DeleteOpts {
 pub struct WatchEvent {
     /// ADDED, MODIFIED, DELETED, BOOKMARK or ERROR.
     pub kind: &'static str,
-    pub object: Value,
+    pub object: Arc<Value>,
+    /// The object already serialized as JSON (shared by all watchers of a store event).
+    pub encoded: Option<bytes::Bytes>,
+}
+
+impl WatchEvent {
+    fn new(kind: &'static str, object: Value) -> Self {
+        WatchEvent { kind, object: Arc::new(object), encoded: None }
+    }
 }
 
 /// The API core shared by all connections.
@@ -312,7 +320,7 @@ impl Api {
             Err(StoreError::Compacted { requested, compacted }) => {
                 let status = ApiError::Gone { message: format!("too old resource version: {requested} ({compacted})") }
                     .to_status();
-                tx.send(WatchEvent { kind: "ERROR", object: status }).await.ok();
+                tx.send(WatchEvent::new("ERROR", status)).await.ok();
                 return Ok(rx);
             }
             Err(e) => return Err(e.into()),
@@ -336,13 +344,10 @@ impl Api {
             if end {
                 meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
             }
-            WatchEvent {
-                kind: "BOOKMARK",
-                object: json!({"kind": res.kind, "apiVersion": res.api_version(), "metadata": meta}),
-            }
+            WatchEvent::new("BOOKMARK", json!({"kind": res.kind, "apiVersion": res.api_version(), "metadata": meta}))
         };
         for obj in snapshot {
-            if tx.send(WatchEvent { kind: "ADDED", object: obj }).await.is_err() {
+            if tx.send(WatchEvent::new("ADDED", obj)).await.is_err() {
                 return;
             }
         }
@@ -376,7 +381,7 @@ impl Api {
                     Some(ev) => ev,
                     None => {
                         let status = ApiError::internal("watch channel closed").to_status();
-                        let _ = tx.send(WatchEvent { kind: "ERROR", object: status }).await;
+                        let _ = tx.send(WatchEvent::new("ERROR", status)).await;
                         return;
                     }
                 },
@@ -385,7 +390,11 @@ impl Api {
             if ev.kind == EventKind::Progress {
                 continue;
             }
-            let Ok(obj) = from_bytes(&ev.value, ev.revision) else { continue };
+            let Some(obj) =
+                ev.cache.decoded.get_or_init(|| from_bytes(&ev.value, ev.revision).ok().map(Arc::new)).clone()
+            else {
+                continue;
+            };
             let prev_match =
                 ev.prev.as_ref().and_then(|p| serde_json::from_slice::<Value>(p).ok()).is_some_and(|p| matches(&p));
             let kind = match ev.kind {
@@ -405,7 +414,12 @@ impl Api {
                 },
                 _ => continue,
             };
-            if tx.send(WatchEvent { kind, object: obj }).await.is_err() {
+            let encoded = ev
+                .cache
+                .encoded
+                .get_or_init(|| bytes::Bytes::from(serde_json::to_vec(&*obj).unwrap_or_default()))
+                .clone();
+            if tx.send(WatchEvent { kind, object: obj, encoded: Some(encoded) }).await.is_err() {
                 return;
             }
         }

@@ -589,6 +589,17 @@ impl Server {
 }
 
 fn watch_line(res: &ResourceDef, ev: WatchEvent, w: Wants, first: &mut bool) -> Bytes {
+    if !w.table
+        && let Some(enc) = &ev.encoded
+    {
+        let mut line = Vec::with_capacity(enc.len() + 32);
+        line.extend_from_slice(b"{\"type\":\"");
+        line.extend_from_slice(ev.kind.as_bytes());
+        line.extend_from_slice(b"\",\"object\":");
+        line.extend_from_slice(enc);
+        line.extend_from_slice(b"}\n");
+        return Bytes::from(line);
+    }
     let object = if w.table && matches!(ev.kind, "ADDED" | "MODIFIED" | "DELETED") {
         let meta =
             json!({"resourceVersion": ev.object.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null)});
@@ -596,7 +607,7 @@ fn watch_line(res: &ResourceDef, ev: WatchEvent, w: Wants, first: &mut bool) -> 
         *first = false;
         t
     } else {
-        ev.object
+        (*ev.object).clone()
     };
     let mut line = serde_json::to_vec(&json!({"type": ev.kind, "object": object})).unwrap_or_default();
     line.push(b'\n');

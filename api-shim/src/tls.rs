@@ -189,7 +189,7 @@ impl Pki {
     /// The rustls server configuration: our serving cert, optional client certs from our CA,
     /// ALPN h2 + http/1.1.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let certs = CertificateDer::pem_file_iter(&self.server_cert)
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
             .map_err(|e| TlsError::Pem { path: self.server_cert.clone(), message: e.to_string() })?;

@@ -270,6 +270,7 @@ impl Store for EtcdStore {
                             value: Vec::new(),
                             prev: None,
                             created: false,
+                            cache: Default::default(),
                         };
                         if tx.send(Arc::new(p)).await.is_err() {
                             return;
@@ -286,6 +287,7 @@ impl Store for EtcdStore {
                             value: if delete { prev.clone().unwrap_or_default() } else { kv.value },
                             created: !delete && kv.create_revision == kv.mod_revision,
                             prev,
+                            cache: Default::default(),
                         };
                         if tx.send(Arc::new(ev)).await.is_err() {
                             return;

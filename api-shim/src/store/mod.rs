@@ -55,7 +55,23 @@ pub struct Event {
     pub prev: Option<Vec<u8>>,
     /// True for the first put of a key.
     pub created: bool,
+    /// Decoded/encoded forms shared by all watchers of this event (filled lazily by the API layer).
+    pub cache: EventCache,
 }
+
+/// Per-event memo so N watchers decode and encode an event once, not N times.
+#[derive(Debug, Clone, Default)]
+pub struct EventCache {
+    pub decoded: std::sync::OnceLock<Option<Arc<serde_json::Value>>>,
+    pub encoded: std::sync::OnceLock<bytes::Bytes>,
+}
+
+impl PartialEq for EventCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for EventCache {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -119,6 +119,7 @@ fn read_events(conn: &Connection, prefix: &str, after: i64, upto: i64) -> Result
             kind: if deleted != 0 { EventKind::Delete } else { EventKind::Put },
             value: r.get(4)?,
             prev: r.get(5)?,
+            cache: Default::default(),
         })
     })?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -181,6 +182,7 @@ impl SqliteStore {
             value: stored,
             prev: prev.map(|p| p.value),
             created,
+            cache: Default::default(),
         };
         // No receivers is fine; ordering holds because we still own the writer lock.
         let _ = inner.events.send(Arc::new(event));
@@ -348,6 +350,7 @@ impl Store for SqliteStore {
                                 value: Vec::new(),
                                 prev: None,
                                 created: false,
+                                cache: Default::default(),
                             };
                             if tx.send(Arc::new(p)).await.is_err() {
                                 return;

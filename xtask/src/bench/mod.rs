@@ -1,6 +1,7 @@
 //! `cargo xtask bench <name>`: each benchmark prints its figures next to a baseline measured in
 //! the same run, as a ratio. Benchmarks never assert timings; they report.
 
+mod api;
 mod cni;
 mod datapath;
 
@@ -17,6 +18,7 @@ pub struct BenchArgs {
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.name.as_str() {
+        "api" => api::run_bench(&args.rest),
         "cni" => cni::run_bench(&args.rest),
         "datapath" => datapath::run_bench(&args.rest),
         other => anyhow::bail!("unknown benchmark {other:?}"),
