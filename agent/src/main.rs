@@ -244,7 +244,14 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         memory_capacity: memory_capacity(),
         pids_limit: Some(a.pods_pids_limit),
         orphan_grace: a.orphan_grace,
+        oom_score_floor: keelson_agent::manager::oom_floor(),
     };
+    if let Some(f) = cfg.oom_score_floor {
+        warn!(
+            floor = f,
+            "no CAP_SYS_RESOURCE: oom_score_adj values below {f} (Guaranteed pods, pause) are raised to {f}"
+        );
+    }
     let manager = Manager::new(runtime, cgroups, network, cfg);
     manager.start().await?;
     let manifest_errors = Arc::new(Mutex::new(Vec::new()));

@@ -51,6 +51,26 @@ pub struct ManagerConfig {
     pub pids_limit: Option<i64>,
     /// Grace period used for orphaned pods whose spec is unknown.
     pub orphan_grace: Duration,
+    /// Lowest oom_score_adj the agent may give (kernel rule: going below the agent's own value needs
+    /// CAP_SYS_RESOURCE). `None` = no limit. See [`oom_floor`].
+    pub oom_score_floor: Option<i32>,
+}
+
+/// The lowest oom_score_adj this process can hand to its children: unlimited with
+/// CAP_SYS_RESOURCE, otherwise its own current value (e.g. in sandboxes that drop the capability).
+pub fn oom_floor() -> Option<i32> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    const CAP_SYS_RESOURCE: u32 = 24;
+    if cap_eff & (1 << CAP_SYS_RESOURCE) != 0 {
+        return None;
+    }
+    let own = std::fs::read_to_string("/proc/self/oom_score_adj").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    Some(own)
 }
 
 /// One Kubernetes-style event, kept in a ring for `describe`-like inspection.
@@ -578,6 +598,10 @@ impl<R: ContainerRuntime, C: Cgroups + 'static, N: PodNetwork> Worker<R, C, N> {
             return Ok((qos, Resources { pids_limit: self.shared.cfg.pids_limit, ..Default::default() }));
         };
         let r = cgroups::container_resources(&spec, c, self.shared.cfg.memory_capacity).map_err(|e| e.to_string())?;
+        let oom = match self.shared.cfg.oom_score_floor {
+            Some(floor) => r.oom_score_adj.max(floor),
+            None => r.oom_score_adj,
+        };
         Ok((
             qos,
             Resources {
@@ -586,7 +610,7 @@ impl<R: ContainerRuntime, C: Cgroups + 'static, N: PodNetwork> Worker<R, C, N> {
                 cpu_period: Some(r.cpu_period_us),
                 memory_limit: r.memory_limit_bytes,
                 pids_limit: None,
-                oom_score_adj: r.oom_score_adj,
+                oom_score_adj: oom,
             },
         ))
     }

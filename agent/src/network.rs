@@ -60,7 +60,7 @@ impl PodNetwork for CniNetwork {
     async fn setup(&self, sandbox_id: &str, netns: &Path, pod: &PodRef) -> Result<Option<String>, NetworkError> {
         let att = attachment(sandbox_id, Some(netns), pod, &self.ifname);
         let res = self.cni.add(&att).await.map_err(|e| net_err("ADD", sandbox_id, e))?;
-        Ok(res.ips.first().map(|ip| ip.address.addr.to_string()))
+        Ok(res.pod_ips().first().map(|ip| ip.to_string()))
     }
 
     async fn teardown(&self, sandbox_id: &str, netns: Option<&Path>, pod: &PodRef) -> Result<(), NetworkError> {

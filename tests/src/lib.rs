@@ -5,6 +5,7 @@
 //! never touch the host's default containerd, `/etc/cni`, `/var/lib/cni`, host routes or nft tables.
 //! Area-specific helpers live in their own modules.
 
+pub mod agent;
 pub mod agent_infra;
 pub mod api;
 pub mod cni;
