@@ -1,24 +1,30 @@
 //! The nftables backend: renders a [`ServiceTable`] into one owned `ip` table, kube-proxy-nftables
 //! style in behaviour, but laid out so that loading 10k services stays fast.
 //!
-//! Layout (everything lives in table `ip <name>`, default `keelson`; nothing else is touched):
-//! - `service-ips`: named verdict map `ip daddr . meta l4proto . th dport → goto fe-…`;
-//! - `service-nodeports`: named verdict map `meta l4proto . th dport → goto fe-…`, consulted only when
-//!   `fib daddr type local` (NodePorts answer on every local address);
-//! - one chain `fe-<hash>` per frontend: masquerade marking for external Cluster-policy traffic,
-//!   affinity lookups, then a **probability cascade** `numgen random mod (N-i) == 0 … dnat to B_i`
-//!   (uniform: backend i takes 1/(N-i) of what is left; the last rule takes the rest), or `drop` when
-//!   the frontend has no backend;
+//! Layout (everything lives in table `ip <name>`, default `keelson`; nothing else is touched). Most
+//! frontends are pure **map elements** — no chain, no rule of their own:
+//! - `svc-info` (`ip daddr . meta l4proto . th dport → mark`) and `np-info` (`meta l4proto . th dport
+//!   → mark`, behind `fib daddr type local`): the frontend's backend count and masquerade flag,
+//!   loaded into the packet mark;
+//! - one shared `pick` chain turns the mark into a random bucket (`numgen random mod N [offset
+//!   0x4000]`, one rule per count up to [`FAST_MAX_BACKENDS`]; count 0 → drop);
+//! - `svc-backend-ips` / `-ports` and `np-backend-ips` / `-ports` (`frontend . bucket → backend
+//!   address`, `→ port`) feed `dnat to <map> : <map>`;
 //! - `hairpin`: named set of `endpoint . endpoint` pairs; postrouting masquerades a DNATed packet whose
-//!   `ip saddr . ip daddr` is in it (a backend reaching itself through its service), which replaces
-//!   kube-proxy's per-endpoint chains with one set element per endpoint address.
+//!   `ip saddr . ip daddr` is in it (a backend reaching itself through its service).
 //!
-//! Why no `numgen … vmap { … }` and no per-endpoint chains: every such vmap creates an anonymous
-//! set, and the kernel's cost of adding a set grows with the number of sets already in the table
-//! (measured: 24 s for 10k services); and each extra chain costs parse and commit time. This layout
-//! has one chain per frontend and a constant number of sets (plus one dynamic set per backend of
-//! ClientIP-affinity services only), so a full load is linear and adding a service is one chain,
-//! its rules and two map/set elements.
+//! Frontends with ClientIP affinity or more than [`FAST_MAX_BACKENDS`] backends use the
+//! kube-proxy-like shape instead: `service-ips` / `service-nodeports` verdict maps → one chain
+//! `fe-<hash>` per frontend with affinity lookups (named dynamic sets with timeouts, one per
+//! backend) and a probability cascade `numgen random mod (N-i) == 0 … dnat to B_i`.
+//!
+//! Why: every `numgen … vmap { … }` creates an anonymous set, and the kernel's cost of adding a set
+//! grows with the number of sets already in the table (measured: 24 s for 10k services). Chains are
+//! cheaper but not free: each transaction that adds a jump/goto makes the kernel re-validate the
+//! whole jump graph (`nft_chain_validate`, seen with perf), so adding one chained service costs time
+//! proportional to the table. Adding an element-only service touches four small data maps and
+//! never triggers that walk. The packet mark is used as scratch space on the first packet of a
+//! connection (bit 0x4000 keeps its kube-proxy meaning: masquerade).
 //!
 //! Changes are applied as one atomic `nft -j -f` transaction per sync; a failed transaction leaves
 //! the previous table intact and forces a full resync (delete + recreate the table in one
@@ -33,6 +39,18 @@ use std::path::PathBuf;
 
 /// Packet mark bit that asks the postrouting chain to masquerade (kube-proxy uses the same bit).
 pub const MASQ_MARK: u32 = 0x4000;
+/// Frontends with at most this many backends (and no affinity) are rendered as map elements only.
+pub const FAST_MAX_BACKENDS: usize = 64;
+
+/// Element-only rendering applies (see the module docs).
+pub fn is_fast(fe: &Frontend) -> bool {
+    fe.affinity_timeout_s.is_none() && fe.backends.len() <= FAST_MAX_BACKENDS
+}
+
+/// `svc-info` / `np-info` value: (backend count + 1) << 16, plus the masquerade bit.
+fn info_value(fe: &Frontend) -> u32 {
+    ((fe.backends.len() as u32 + 1) << 16) | if fe.masquerade_external { MASQ_MARK } else { 0 }
+}
 /// Default owned table name.
 pub const DEFAULT_TABLE: &str = "keelson";
 
@@ -190,13 +208,29 @@ impl Renderer {
     /// The fixed skeleton: table, base chains, dispatch maps, masquerade plumbing.
     pub fn skeleton(&self) -> Vec<Value> {
         let masq = json!({"|": [meta("mark"), MASQ_MARK]});
-        vec![
+        let mut out = vec![
             json!({"add": {"table": {"family": "ip", "name": self.table}}}),
             json!({"add": {"map": self.obj(json!({"name": "service-ips",
                 "type": ["ipv4_addr", "inet_proto", "inet_service"], "map": "verdict"}))}}),
             json!({"add": {"map": self.obj(json!({"name": "service-nodeports",
                 "type": ["inet_proto", "inet_service"], "map": "verdict"}))}}),
             json!({"add": {"set": self.obj(json!({"name": "hairpin", "type": ["ipv4_addr", "ipv4_addr"]}))}}),
+            json!({"add": {"map": self.obj(json!({"name": "svc-info",
+                "type": ["ipv4_addr", "inet_proto", "inet_service"], "map": "mark"}))}}),
+            json!({"add": {"map": self.obj(json!({"name": "np-info", "type": ["inet_proto", "inet_service"], "map": "mark"}))}}),
+            // Address and port live in two maps: nft 1.0.6's JSON parser cannot declare a map whose
+            // data is a concatenation (`ipv4_addr . inet_service`).
+            json!({"add": {"map": self.obj(json!({"name": "svc-backend-ips",
+                "type": ["ipv4_addr", "inet_proto", "inet_service", "mark"], "map": "ipv4_addr"}))}}),
+            json!({"add": {"map": self.obj(json!({"name": "svc-backend-ports",
+                "type": ["ipv4_addr", "inet_proto", "inet_service", "mark"], "map": "inet_service"}))}}),
+            json!({"add": {"map": self.obj(json!({"name": "np-backend-ips",
+                "type": ["inet_proto", "inet_service", "mark"], "map": "ipv4_addr"}))}}),
+            json!({"add": {"map": self.obj(json!({"name": "np-backend-ports",
+                "type": ["inet_proto", "inet_service", "mark"], "map": "inet_service"}))}}),
+            self.add_chain("pick"),
+            self.add_chain("select"),
+            self.add_chain("select-np"),
             self.add_chain("services"),
             self.add_chain("mark-for-masquerade"),
             self.add_chain("masquerading"),
@@ -214,12 +248,31 @@ impl Renderer {
             self.rule(
                 "services",
                 vec![
+                    json!({"mangle": {"key": meta("mark"), "value": {"map": {"key": {"concat": [payload("ip", "daddr"), meta("l4proto"), payload("th", "dport")]},
+                        "data": "@svc-info"}}}}),
+                    goto("select"),
+                ],
+            ),
+            self.rule(
+                "services",
+                vec![
                     eq(json!({"fib": {"result": "type", "flags": ["daddr"]}}), json!("local")),
                     json!({"vmap": {"key": {"concat": [meta("l4proto"), payload("th", "dport")]},
                         "data": "@service-nodeports"}}),
                 ],
             ),
+            self.rule(
+                "services",
+                vec![
+                    eq(json!({"fib": {"result": "type", "flags": ["daddr"]}}), json!("local")),
+                    json!({"mangle": {"key": meta("mark"), "value": {"map": {"key": {"concat": [meta("l4proto"), payload("th", "dport")]},
+                        "data": "@np-info"}}}}),
+                    goto("select-np"),
+                ],
+            ),
             self.rule("mark-for-masquerade", vec![json!({"mangle": {"key": meta("mark"), "value": masq}})]),
+            self.rule("select", vec![jump("pick")]),
+            self.rule("select-np", vec![jump("pick")]),
             // Hairpin: a backend that reached itself through a service must see the node as source.
             self.rule(
                 "masquerading",
@@ -238,7 +291,74 @@ impl Renderer {
                 vec![json!({"mangle": {"key": meta("mark"), "value": {"^": [meta("mark"), MASQ_MARK]}}})],
             ),
             self.rule("masquerading", vec![json!({"masquerade": {"flags": ["fully-random"]}})]),
-        ]
+        ];
+        out.extend(self.pick_rules());
+        for proto in ["tcp", "udp"] {
+            for (chain, key, prefix) in [
+                ("select", vec![payload("ip", "daddr"), meta("l4proto"), payload("th", "dport"), meta("mark")], "svc"),
+                ("select-np", vec![meta("l4proto"), payload("th", "dport"), meta("mark")], "np"),
+            ] {
+                let lookup = |suffix: &str| json!({"map": {"key": {"concat": key.clone()}, "data": format!("@{prefix}-backend-{suffix}")}});
+                out.push(self.rule(
+                    chain,
+                    vec![
+                        eq(meta("l4proto"), json!(proto)),
+                        json!({"dnat": {"addr": lookup("ips"), "port": lookup("ports")}}),
+                    ],
+                ));
+            }
+        }
+        out
+    }
+
+    /// The shared bucket picker: mark `(count+1) << 16 | masq` → `masq | random bucket`, or drop.
+    fn pick_rules(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        for masq in [0, MASQ_MARK] {
+            out.push(self.rule("pick", vec![eq(meta("mark"), json!((1u32 << 16) | masq)), json!({"drop": null})]));
+        }
+        for k in 1..=FAST_MAX_BACKENDS as u32 {
+            for masq in [0, MASQ_MARK] {
+                let ng = json!({"numgen": {"mode": "random", "mod": k, "offset": masq}});
+                out.push(self.rule(
+                    "pick",
+                    vec![
+                        eq(meta("mark"), json!(((k + 1) << 16) | masq)),
+                        json!({"mangle": {"key": meta("mark"), "value": ng}}),
+                    ],
+                ));
+            }
+        }
+        out
+    }
+
+    /// The data-map elements of an element-only frontend: (map, element) pairs.
+    fn fast_elements(key: &FrontendKey, fe: &Frontend) -> Vec<(&'static str, Value)> {
+        let masq = if fe.masquerade_external { MASQ_MARK } else { 0 };
+        let (info_map, ip_map, port_map, base): (&str, &str, &str, Vec<Value>) = match key.addr {
+            FrontendAddr::Ip(ip) => (
+                "svc-info",
+                "svc-backend-ips",
+                "svc-backend-ports",
+                vec![json!(ip.to_string()), json!(key.proto.name()), json!(key.port)],
+            ),
+            FrontendAddr::NodePort => {
+                ("np-info", "np-backend-ips", "np-backend-ports", vec![json!(key.proto.name()), json!(key.port)])
+            }
+        };
+        let mut out = vec![(info_map, json!([{"concat": base.clone()}, info_value(fe)]))];
+        for (i, b) in fe.backends.iter().enumerate() {
+            let mut k = base.clone();
+            k.push(json!(i as u32 | masq));
+            out.push((ip_map, json!([{"concat": k.clone()}, b.ip.to_string()])));
+            out.push((port_map, json!([{"concat": k}, b.port])));
+        }
+        out
+    }
+
+    /// Keys only (for deletion) of [`Self::fast_elements`].
+    fn fast_keys(key: &FrontendKey, fe: &Frontend) -> Vec<(&'static str, Value)> {
+        Self::fast_elements(key, fe).into_iter().map(|(m, e)| (m, e[0].clone())).collect()
     }
 
     fn map_element(key: &FrontendKey) -> (&'static str, Value) {
@@ -334,6 +454,12 @@ impl Renderer {
         out.extend(self.skeleton());
         let mut elems: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
         for (k, fe) in &table.frontends {
+            if is_fast(fe) {
+                for (map, e) in Self::fast_elements(k, fe) {
+                    elems.entry(map).or_default().push(e);
+                }
+                continue;
+            }
             out.extend(self.frontend_body(k, fe));
             let (map, e) = Self::map_entry(k);
             elems.entry(map).or_default().push(e);
@@ -343,6 +469,41 @@ impl Renderer {
         }
         out.extend(self.elements("add", "hairpin", endpoint_ips(table).into_iter().map(Self::hairpin_elem).collect()));
         out
+    }
+
+    fn add_into(&self, k: &FrontendKey, fe: &Frontend, out: &mut Vec<Value>, add: &mut BTreeMap<&str, Vec<Value>>) {
+        if is_fast(fe) {
+            for (map, e) in Self::fast_elements(k, fe) {
+                add.entry(map).or_default().push(e);
+            }
+            return;
+        }
+        out.extend(self.frontend_body(k, fe));
+        let (map, e) = Self::map_entry(k);
+        add.entry(map).or_default().push(e);
+    }
+
+    fn remove_into(
+        &self,
+        k: &FrontendKey,
+        old: &Frontend,
+        out: &mut Vec<Value>,
+        del: &mut BTreeMap<&str, Vec<Value>>,
+        deleted_chains: &mut Vec<Value>,
+        deleted_sets: &mut Vec<Value>,
+    ) {
+        if is_fast(old) {
+            for (map, e) in Self::fast_keys(k, old) {
+                del.entry(map).or_default().push(e);
+            }
+            return;
+        }
+        let (map, e) = Self::map_element(k);
+        del.entry(map).or_default().push(e);
+        let chain = frontend_chain(k);
+        out.push(self.flush_chain(&chain));
+        deleted_chains.push(self.delete_chain(&chain));
+        deleted_sets.extend(self.delete_affinity_sets(k, old));
     }
 
     /// Incremental commands for `changes` computed against `applied`, turning it into `desired`.
@@ -355,6 +516,11 @@ impl Renderer {
         for c in changes {
             match c {
                 Change::Upsert(k, fe) => match applied.frontends.get(k) {
+                    Some(old) if is_fast(old) || is_fast(fe) => {
+                        // Element-only on at least one side: remove the old shape, add the new one.
+                        self.remove_into(k, old, &mut out, &mut del_elems, &mut deleted_chains, &mut deleted_sets);
+                        self.add_into(k, fe, &mut out, &mut add_elems);
+                    }
                     Some(old) => {
                         // Rewrite the chain in place; the map element keeps pointing at it.
                         let chain = frontend_chain(k);
@@ -381,20 +547,11 @@ impl Renderer {
                         }
                         out.extend(self.frontend_rules(k, fe));
                     }
-                    None => {
-                        out.extend(self.frontend_body(k, fe));
-                        let (map, e) = Self::map_entry(k);
-                        add_elems.entry(map).or_default().push(e);
-                    }
+                    None => self.add_into(k, fe, &mut out, &mut add_elems),
                 },
                 Change::Remove(k) => {
                     if let Some(old) = applied.frontends.get(k) {
-                        let (map, e) = Self::map_element(k);
-                        del_elems.entry(map).or_default().push(e);
-                        let chain = frontend_chain(k);
-                        out.push(self.flush_chain(&chain));
-                        deleted_chains.push(self.delete_chain(&chain));
-                        deleted_sets.extend(self.delete_affinity_sets(k, old));
+                        self.remove_into(k, old, &mut out, &mut del_elems, &mut deleted_chains, &mut deleted_sets);
                     }
                 }
             }

@@ -51,7 +51,8 @@ fn small() -> ServiceTable {
 
 fn assert_traces_match(fake: &FakeNft, t: &ServiceTable) {
     for (k, fe) in &t.frontends {
-        let want: Vec<String> = fe.backends.iter().map(|b| format!("{}:{}", b.ip, b.port)).collect();
+        let mut want: Vec<String> = fe.backends.iter().map(|b| format!("{}:{}", b.ip, b.port)).collect();
+        want.sort(); // the tracer reports targets in string order
         assert_eq!(fake.trace(DEFAULT_TABLE, k), Some(want), "frontend {k}");
     }
 }
@@ -249,4 +250,32 @@ fn affinity_sets_follow_backend_and_timeout_changes() {
         let want_sets = 1 + t.frontends.values().next().unwrap().backends.len();
         assert_eq!(p.backend().set_count(DEFAULT_TABLE), want_sets, "step {i}");
     }
+}
+
+#[test]
+fn frontends_move_between_element_only_and_chain_shapes() {
+    let eps: Vec<(String, &str)> = (0..70).map(|i| (format!("10.3.{}.{}", i / 200, i % 200 + 1), "n1")).collect();
+    let refs = |n: usize| -> Vec<(&str, &str)> { eps[..n].iter().map(|(a, b)| (a.as_str(), *b)).collect() };
+    let plain = |n: usize| table(&[svc("x", "10.96.0.30", json!({"type": "NodePort"}))], &[slice("x", &refs(n))]);
+    let sticky = |n: usize| {
+        table(
+            &[svc("x", "10.96.0.30", json!({"type": "NodePort", "sessionAffinity": "ClientIP"}))],
+            &[slice("x", &refs(n))],
+        )
+    };
+    let steps = [plain(2), sticky(2), plain(3), plain(70), plain(64), plain(0), sticky(1), ServiceTable::default()];
+    let mut p = NftProxier::new(FakeNft::default(), DEFAULT_TABLE);
+    for (i, t) in steps.iter().enumerate() {
+        p.sync(t).unwrap_or_else(|e| panic!("step {i}: {e}"));
+        assert_traces_match(p.backend(), t);
+        let mut fresh = NftProxier::new(FakeNft::default(), DEFAULT_TABLE);
+        fresh.sync(t).unwrap();
+        assert_eq!(p.backend().chain_count(DEFAULT_TABLE), fresh.backend().chain_count(DEFAULT_TABLE), "step {i}");
+        // Element-only frontends own no chain: only the fixed skeleton chains remain.
+        if t.frontends.values().all(is_fast) {
+            assert_eq!(p.backend().chain_count(DEFAULT_TABLE), 9, "step {i}");
+        }
+    }
+    let np = FrontendKey { addr: FrontendAddr::NodePort, port: 30030, proto: Protocol::Tcp };
+    assert_eq!(p.backend().trace(DEFAULT_TABLE, &np), None, "removed");
 }

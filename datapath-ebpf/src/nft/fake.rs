@@ -145,27 +145,29 @@ impl FakeNft {
                     return Ok(());
                 }
                 for e in elems {
-                    let (key, target) = match e.as_array() {
+                    // Verdict maps store the goto target; data maps store the value's JSON.
+                    let (key, value) = match e.as_array() {
                         Some(pair) if pair.len() == 2 && verb == "add" => {
                             let tgt = pair[1].get("goto").and_then(|g| g.get("target")).and_then(Value::as_str);
-                            (pair[0].to_string(), tgt.map(String::from))
+                            if let Some(tgt) = tgt
+                                && !t.chains.contains_key(tgt)
+                            {
+                                return Err(format!("element points at missing chain {tgt}"));
+                            }
+                            (pair[0].to_string(), Some(tgt.map(String::from).unwrap_or_else(|| pair[1].to_string())))
                         }
                         _ => (e.to_string(), None),
                     };
-                    if let Some(tgt) = &target
-                        && !t.chains.contains_key(tgt)
-                    {
-                        return Err(format!("element points at missing chain {tgt}"));
-                    }
                     let m = t.maps.get_mut(&n).ok_or(format!("no such map {n}"))?;
                     if verb == "add" {
-                        let tgt = target.ok_or("map element without verdict")?;
+                        let value = value.ok_or("map element without value")?;
+                        // The kernel refuses to overwrite an element with different data (EBUSY).
                         if let Some(prev) = m.get(&key)
-                            && *prev != tgt
+                            && *prev != value
                         {
-                            return Err(format!("element {key} exists with another verdict"));
+                            return Err(format!("element {key} exists with other data"));
                         }
-                        m.insert(key, tgt);
+                        m.insert(key, value);
                     } else if m.remove(&key).is_none() {
                         return Err(format!("delete of missing element {key} in {n}"));
                     }
@@ -199,7 +201,9 @@ impl FakeNft {
     pub fn trace(&self, table: &str, key: &FrontendKey) -> Option<Vec<String>> {
         let t = self.tables.get(table)?;
         let (map, elem) = super::Renderer::map_element(key);
-        let chain = t.maps.get(map)?.get(&elem.to_string())?;
+        let Some(chain) = t.maps.get(map).and_then(|m| m.get(&elem.to_string())) else {
+            return Self::trace_elements(t, key);
+        };
         let mut out = BTreeSet::new();
         let mut stack = vec![chain.clone()];
         let mut seen = BTreeSet::new();
@@ -218,6 +222,35 @@ impl FakeNft {
                     }
                 }
             }
+        }
+        Some(out.into_iter().collect())
+    }
+}
+
+impl FakeNft {
+    /// The element-only path: `*-info` gives count and masquerade bit, `*-backends` the buckets.
+    fn trace_elements(t: &Table, key: &FrontendKey) -> Option<Vec<String>> {
+        let (info, prefix, base) = match key.addr {
+            crate::model::FrontendAddr::Ip(ip) => {
+                ("svc-info", "svc", vec![serde_json::json!(ip.to_string()), key.proto.name().into(), key.port.into()])
+            }
+            crate::model::FrontendAddr::NodePort => {
+                ("np-info", "np", vec![serde_json::json!(key.proto.name()), key.port.into()])
+            }
+        };
+        let v: u32 = t.maps.get(info)?.get(&serde_json::json!({"concat": base.clone()}).to_string())?.parse().ok()?;
+        let (count, masq) = ((v >> 16).saturating_sub(1), v & super::MASQ_MARK);
+        let mut out = BTreeSet::new();
+        for bucket in 0..count {
+            let mut k = base.clone();
+            k.push(serde_json::json!(bucket | masq));
+            let key = serde_json::json!({"concat": k}).to_string();
+            let ip = t.maps.get(&format!("{prefix}-backend-ips")).and_then(|m| m.get(&key));
+            let port = t.maps.get(&format!("{prefix}-backend-ports")).and_then(|m| m.get(&key));
+            match (ip, port) {
+                (Some(ip), Some(port)) => out.insert(format!("{}:{port}", ip.trim_matches('"'))),
+                _ => out.insert(format!("<missing bucket {bucket}>")),
+            };
         }
         Some(out.into_iter().collect())
     }
