@@ -197,7 +197,7 @@ async fn kube_rs_watcher_with_field_selector_and_patch_status() {
     for cfg in [watcher::Config::default(), watcher::Config::default().streaming_lists()] {
         let stream = watcher(pods.clone(), cfg.fields("spec.nodeName=n1"));
         let mut stream = stream.boxed();
-        let mut seen_init = false;
+        let mut seen_running = false;
         let patched = pods
             .patch_status(
                 "on-n1",
@@ -217,17 +217,12 @@ async fn kube_rs_watcher_with_field_selector_and_patch_status() {
                 watcher::Event::InitApply(p) | watcher::Event::Apply(p) => {
                     assert_eq!(p.metadata.name.as_deref(), Some("on-n1"), "field selector must exclude on-n2");
                     if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
-                        seen_init = true;
-                    }
-                }
-                watcher::Event::InitDone => {
-                    if seen_init {
-                        break;
+                        seen_running = true;
                     }
                 }
                 _ => {}
             }
-            if seen_init {
+            if seen_running {
                 break;
             }
         }
