@@ -129,3 +129,342 @@ fn assert_clean(node: &Node) {
         node.pod_cgroups()
     );
 }
+
+fn restarts(p: &Pod, c: &str) -> i32 {
+    cs(p, c).restart_count
+}
+
+fn last_terminated(p: &Pod, c: &str) -> Option<k8s_openapi::api::core::v1::ContainerStateTerminated> {
+    cs(p, c).last_state.as_ref().and_then(|s| s.terminated.clone())
+}
+
+fn container_id(p: &Pod, c: &str) -> String {
+    cs(p, c).container_id.clone().unwrap_or_default().trim_start_matches("containerd://").to_string()
+}
+
+/// A memory hog is OOM-killed (reason OOMKilled, exit 137) and restarted under Always; the CPU
+/// limit of its sibling is visible as a CFS quota in the container's cgroup.
+#[test]
+fn oom_kill_is_reported_and_cpu_quota_is_applied() {
+    let node = Node::start(&["--backoff-base", "1s"]).unwrap();
+    node.write_manifest(
+        "hog.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hog}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: hog
+    image: keelson.local/busybox:latest
+    command: [sh, -c, "echo allocating; exec dd if=/dev/zero of=/dev/null bs=96M count=1"]
+    resources: {limits: {memory: 32Mi}}
+  - name: cpu
+    image: keelson.local/busybox:latest
+    command: [sleep, "3600"]
+    resources: {requests: {cpu: 100m}, limits: {cpu: 200m, memory: 64Mi}}
+"#,
+    )
+    .unwrap();
+    let p = node.wait_pod("hog", "an OOM-killed restart", T, |p| {
+        last_terminated(p, "hog").is_some_and(|t| t.reason.as_deref() == Some("OOMKilled")) && restarts(p, "hog") >= 1
+    });
+    let t = last_terminated(&p, "hog").unwrap();
+    assert_eq!(t.exit_code, 137);
+    assert_eq!(p.status.as_ref().unwrap().qos_class.as_deref(), Some("Burstable"));
+
+    let p = node.wait_pod("hog", "cpu container running", T, |p| {
+        cs(p, "cpu").state.as_ref().is_some_and(|s| s.running.is_some())
+    });
+    let uid = p.metadata.uid.clone().unwrap();
+    let cid = container_id(&p, "cpu");
+    let dir = format!("/sys/fs/cgroup/cpu/{}/burstable/pod{uid}/{cid}", node.cgroup_root);
+    let quota = std::fs::read_to_string(format!("{dir}/cpu.cfs_quota_us")).unwrap();
+    let period = std::fs::read_to_string(format!("{dir}/cpu.cfs_period_us")).unwrap();
+    let shares = std::fs::read_to_string(format!("{dir}/cpu.shares")).unwrap();
+    assert_eq!((quota.trim(), period.trim()), ("20000", "100000"));
+    assert_eq!(shares.trim(), "102");
+    let mem = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory/{}/burstable/pod{uid}/{cid}/memory.limit_in_bytes",
+        node.cgroup_root
+    ))
+    .unwrap();
+    assert_eq!(mem.trim(), (64u64 << 20).to_string());
+}
+
+/// Liveness failure restarts; readiness flips Ready both ways; a startup probe holds back a
+/// failing liveness probe until it succeeds; a tcpSocket readiness probe on a closed port keeps a
+/// container unready.
+#[test]
+fn probes_drive_restarts_and_readiness() {
+    let node = Node::start(&["--backoff-base", "1s"]).unwrap();
+    node.write_manifest(
+        "probes.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: probes}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: live
+    image: keelson.local/busybox:latest
+    command: [sh, -c, "touch /tmp/healthy; sleep 2; rm /tmp/healthy; sleep 3600"]
+    livenessProbe: {exec: {command: [test, -f, /tmp/healthy]}, periodSeconds: 1, failureThreshold: 1}
+  - name: ready
+    image: keelson.local/busybox:latest
+    command: [sh, -c, "sleep 2; touch /tmp/ready; sleep 4; rm /tmp/ready; sleep 3600"]
+    readinessProbe: {exec: {command: [test, -f, /tmp/ready]}, periodSeconds: 1}
+  - name: slow
+    image: keelson.local/busybox:latest
+    command: [sh, -c, "sleep 4; touch /tmp/started; sleep 3600"]
+    startupProbe: {exec: {command: [test, -f, /tmp/started]}, periodSeconds: 1, failureThreshold: 30}
+    livenessProbe: {exec: {command: ["false"]}, periodSeconds: 1, failureThreshold: 2}
+  - name: closed
+    image: keelson.local/busybox:latest
+    command: [sleep, "3600"]
+    readinessProbe: {tcpSocket: {port: 9}, periodSeconds: 1}
+"#,
+    )
+    .unwrap();
+    // Not ready at first (readiness starts as failure).
+    let p =
+        node.wait_pod("probes", "running", T, |p| cs(p, "ready").state.as_ref().is_some_and(|s| s.running.is_some()));
+    assert!(!cs(&p, "ready").ready);
+    assert_eq!(cs(&p, "slow").started, Some(false));
+    // Readiness turns true, then false again.
+    node.wait_pod("probes", "ready=true", T, |p| cs(p, "ready").ready);
+    node.wait_pod("probes", "ready=false again", T, |p| !cs(p, "ready").ready && restarts(p, "ready") == 0);
+    // Liveness restarted `live`.
+    node.wait_pod("probes", "live restarted", T, |p| restarts(p, "live") >= 1);
+    // The startup probe held the always-failing liveness probe back: `slow` was not restarted
+    // before it started, and was restarted by liveness after.
+    let p =
+        node.wait_pod("probes", "slow started", T, |p| cs(p, "slow").started == Some(true) || restarts(p, "slow") >= 1);
+    if restarts(&p, "slow") == 0 {
+        assert_eq!(cs(&p, "slow").started, Some(true));
+    }
+    let p = node.wait_pod("probes", "slow restarted by liveness after startup", T, |p| restarts(p, "slow") >= 1);
+    let t = last_terminated(&p, "slow").unwrap();
+    assert!(t.finished_at.is_some());
+    assert!(!cs(&p, "closed").ready, "tcpSocket readiness on a closed port must fail");
+    assert!(node.events().contains("failed liveness probe"), "{}", node.events());
+}
+
+/// CrashLoopBackOff: restarts of an always-failing container come at growing intervals (base 1 s:
+/// about 1, 2, 4 s), the waiting reason says so, and each instance's log is its own file.
+#[test]
+fn crash_loop_backoff_gaps_grow() {
+    let node = Node::start(&["--backoff-base", "1s", "--backoff-max", "8s"]).unwrap();
+    node.write_manifest(
+        "crash.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: crash}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: keelson.local/busybox:latest
+    command: [sh, -c, "echo run $(date +%s); exit 3"]
+"#,
+    )
+    .unwrap();
+    // Each instance logs its start into its own file (<restart>.log); the CRI timestamps of the
+    // first lines give the start times. start(n+1) - start(n) = run time (ms) + backoff + start-up.
+    let saw_backoff = std::cell::Cell::new(false);
+    let p = node.wait_pod("crash", "three restarts", T, |p| {
+        let st = cs(p, "c");
+        if st.state.as_ref().and_then(|s| s.waiting.as_ref()).and_then(|w| w.reason.as_deref())
+            == Some("CrashLoopBackOff")
+        {
+            saw_backoff.set(true);
+        }
+        st.restart_count >= 3
+    });
+    assert!(saw_backoff.get());
+    let start = |n: u32| -> i64 {
+        let text = keelson_tests::wait_for(Duration::from_secs(10), || {
+            std::fs::read_to_string(node.log_file(&p, "c", n)).ok().filter(|t| !t.is_empty())
+        })
+        .unwrap_or_else(|| panic!("log {n} missing"));
+        let ts = text.split(' ').next().unwrap_or_default();
+        ts.parse::<k8s_openapi::jiff::Timestamp>().unwrap_or_else(|e| panic!("{ts:?}: {e}")).as_millisecond()
+    };
+    let starts: Vec<i64> = (0..4).map(start).collect();
+    let gaps: Vec<f64> = starts.windows(2).map(|w| (w[1] - w[0]) as f64 / 1000.0).collect();
+    // Backoff 1 s, 2 s, 4 s: never shorter, and not much longer.
+    for (got, want) in gaps.iter().zip([1.0, 2.0, 4.0]) {
+        assert!(*got >= want && *got < want + 2.5, "gaps {gaps:?}");
+    }
+    let p = node.pod("crash").unwrap();
+    let t = last_terminated(&p, "c").unwrap();
+    assert_eq!((t.exit_code, t.reason.as_deref()), (3, Some("Error")));
+    // The previous instance's log is kept next to the current one.
+    let p = node.pod("crash").unwrap();
+    let n = restarts(&p, "c") as u32;
+    let prev = std::fs::read_to_string(node.log_file(&p, "c", n - 1)).unwrap();
+    assert!(prev.contains(" stdout F run "), "{prev}");
+}
+
+/// Deleting a pod runs preStop, then SIGTERM (handled by the app), within the grace period; a
+/// container that ignores SIGTERM is SIGKILLed when the grace period ends.
+#[test]
+fn graceful_termination_runs_prestop_then_sigterm() {
+    let node = Node::start(&[]).unwrap();
+    node.write_manifest(
+        "term.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: term}
+spec:
+  terminationGracePeriodSeconds: 3
+  containers:
+  - name: app
+    image: keelson.local/busybox:latest
+    command: [sh, -c]
+    args:
+    - |
+      trap 'if [ -f /tmp/prestop ]; then echo "TERM after preStop"; else echo "TERM before preStop"; fi; exit 0' TERM
+      echo started
+      while true; do sleep 0.1; done
+    lifecycle:
+      preStop: {exec: {command: [sh, -c, "echo prestop > /tmp/prestop"]}}
+  - name: stubborn
+    image: keelson.local/busybox:latest
+    command: [sh, -c, "trap '' TERM; echo stubborn; while true; do sleep 0.1; done"]
+"#,
+    )
+    .unwrap();
+    let p =
+        node.wait_pod("term", "running", T, |p| phase(p) == "Running" && cs(p, "app").ready && cs(p, "stubborn").ready);
+    let app_log = node.log_file(&p, "app", 0);
+    keelson_tests::wait_for(T, || std::fs::read_to_string(&app_log).ok().filter(|t| t.contains("started"))).unwrap();
+    let t0 = std::time::Instant::now();
+    node.remove_manifest("term.yaml").unwrap();
+    // Logs are removed with the pod, so read the app's log as soon as it shows the TERM handler.
+    let text = keelson_tests::wait_for(T, || std::fs::read_to_string(&app_log).ok().filter(|t| t.contains("TERM ")))
+        .unwrap_or_else(|| panic!("no TERM line; events {}", node.events()));
+    assert!(text.contains("stdout F TERM after preStop"), "{text}");
+    keelson_tests::wait_for(T, || node.pods().is_empty().then_some(())).expect("pod gone");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(2500),
+        "the stubborn container must be killed only after the 3 s grace ({took:?})"
+    );
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    assert_clean(&node);
+}
+
+/// The agent is SIGKILLed with 5 pods running and restarted: it adopts every container, restarts
+/// nothing, creates no duplicates; logs keep flowing (the logger belongs to the shim).
+#[test]
+fn agent_restart_adopts_running_pods() {
+    let mut node = Node::start(&[]).unwrap();
+    for i in 0..5 {
+        node.write_manifest(
+            &format!("p{i}.yaml"),
+            &format!(
+                r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: p{i}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: keelson.local/busybox:latest
+    command: [sh, -c, "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"]
+"#
+            ),
+        )
+        .unwrap();
+    }
+    let before: Vec<(String, String)> = (0..5)
+        .map(|i| {
+            let p = node.wait_pod(&format!("p{i}"), "ready", T, ready);
+            (p.metadata.uid.clone().unwrap(), container_id(&p, "app"))
+        })
+        .collect();
+    let n_containers = node.containers().len();
+    assert_eq!(n_containers, 10, "5 sandboxes + 5 apps: {:?}", node.containers());
+    let p0 = node.pod("p0").unwrap();
+    let log = node.log_file(&p0, "app", 0);
+
+    node.kill_agent();
+    let lines_while_down = std::fs::read_to_string(&log).unwrap().lines().count();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(std::fs::read_to_string(&log).unwrap().lines().count() > lines_while_down, "logs flow without the agent");
+    // A pod added while the agent is down is picked up; killing the agent right after it starts
+    // creating it must not leave duplicates either.
+    node.write_manifest(
+        "late.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: late}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers: [{name: app, image: keelson.local/busybox:latest, command: [sleep, '3600']}]\n",
+    )
+    .unwrap();
+    node.start_agent().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    node.kill_agent();
+    node.start_agent().unwrap();
+
+    node.wait_pod("late", "ready", T, ready);
+    for (i, (uid, cid)) in before.iter().enumerate() {
+        let p = node.wait_pod(&format!("p{i}"), "ready after restart", T, ready);
+        assert_eq!(p.metadata.uid.as_ref(), Some(uid));
+        assert_eq!(&container_id(&p, "app"), cid, "container was replaced");
+        assert_eq!(restarts(&p, "app"), 0);
+    }
+    let all = node.containers();
+    assert_eq!(all.len(), 12, "no duplicates: {all:?}");
+    let mut dedup = all.clone();
+    dedup.sort();
+    dedup.dedup();
+    assert_eq!(dedup.len(), all.len());
+    assert_eq!(node.netns_files().len(), 6);
+}
+
+/// Bad manifests are rejected naming file and field while good pods run; a missing image leaves
+/// the pod Pending with ErrImagePull / ImagePullBackOff.
+#[test]
+fn bad_manifests_are_rejected_and_missing_images_back_off() {
+    let node = Node::start(&[]).unwrap();
+    node.write_manifest("typo.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: typo}\nspec:\n  containers: [{name: c, image: keelson.local/busybox:latest, comand: [sh]}]\n").unwrap();
+    node.write_manifest("qty.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: qty}\nspec:\n  containers: [{name: c, image: keelson.local/busybox:latest, resources: {limits: {memory: 12Qi}}}]\n").unwrap();
+    node.write_manifest("dup.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: dup}\nspec:\n  containers: [{name: c, image: x}, {name: c, image: y}]\n").unwrap();
+    node.write_manifest(
+        "name.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: Bad_Name}\nspec:\n  containers: [{name: c, image: x}]\n",
+    )
+    .unwrap();
+    node.write_manifest(
+        "good.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: good}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers: [{name: c, image: keelson.local/busybox:latest, command: [sleep, '3600']}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: noimage}\nspec:\n  containers: [{name: c, image: keelson.local/missing:1.0}]\n",
+    )
+    .unwrap();
+    node.wait_pod("good", "ready", T, ready);
+    let p = node.wait_pod("noimage", "image pull failure", T, |p| {
+        cs(p, "c")
+            .state
+            .as_ref()
+            .and_then(|s| s.waiting.as_ref())
+            .and_then(|w| w.reason.as_deref())
+            .is_some_and(|r| r == "ErrImagePull" || r == "ImagePullBackOff")
+    });
+    assert_eq!(phase(&p), "Pending");
+    let msg = cs(&p, "c").state.clone().unwrap().waiting.unwrap().message.unwrap_or_default();
+    assert!(msg.contains("keelson.local/missing:1.0"), "{msg}");
+    let errs = node.manifest_errors();
+    let errs = errs.as_array().unwrap();
+    let find = |file: &str| {
+        errs.iter().find(|e| e["file"].as_str().is_some_and(|f| f.ends_with(file))).cloned().unwrap_or_default()
+    };
+    assert_eq!(find("typo.yaml")["field"], "spec.containers[0].comand");
+    assert_eq!(find("qty.yaml")["field"], "spec.containers[0].resources.limits.memory");
+    assert_eq!(find("dup.yaml")["field"], "spec.containers[1].name");
+    assert_eq!(find("name.yaml")["field"], "metadata.name");
+    assert_eq!(node.pods().len(), 2, "only good and noimage are pods");
+    assert!(node.agent_log().contains("rejected static pod manifest"));
+}
