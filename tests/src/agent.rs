@@ -20,8 +20,12 @@ pub struct Node {
     agent: Option<Child>,
 }
 
+/// Workspace binaries: `KEELSON_BIN_DIR` if set (benchmarks use release builds), else target/debug.
 fn bin(name: &str) -> PathBuf {
-    crate::target_dir().join("debug").join(name)
+    std::env::var_os("KEELSON_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::target_dir().join("debug"))
+        .join(name)
 }
 
 impl Node {
@@ -104,8 +108,9 @@ impl Node {
             .args(["--cgroup-root", &self.cgroup_root])
             .arg("--resolv-conf")
             .arg(d.join("resolv.conf"))
-            .args(["--manifest-poll", "200ms", "--resync", "500ms"])
+            .args(["--resync", "500ms"])
             .args(&self.extra_args)
+            .args(if self.extra_args.iter().any(|a| a == "--manifest-poll") { &[][..] } else { &["--manifest-poll", "200ms"][..] })
             .env("RUST_LOG", "info,keelson_agent=debug,h2=warn,tower=warn,hyper=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -120,6 +125,10 @@ impl Node {
             anyhow::bail!("agent did not come up; log:\n{}", self.agent_log());
         }
         Ok(())
+    }
+
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(|c| c.id())
     }
 
     /// SIGKILLs the agent (pods keep running).

@@ -16,6 +16,13 @@ pub struct CiArgs {
 }
 
 pub fn run_ci(args: CiArgs) -> anyhow::Result<()> {
+    // On a fresh machine the build itself needs system packages (protoc for containerd-client,
+    // clang for the eBPF objects), so install them first when we can.
+    if is_root() {
+        crate::deps::run_deps()?;
+    } else {
+        println!("ci: not root; skipping `cargo xtask deps` (system packages must already be installed)");
+    }
     sh(cargo().args(["fmt", "--all", "--check"]))?;
     sh(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     sh(cargo().args(["test", "--workspace", "--exclude", "keelson-tests"]))?;
@@ -35,6 +42,8 @@ pub fn run_ci(args: CiArgs) -> anyhow::Result<()> {
         t.arg(f);
     }
     sh(&mut t)?;
+    // The README's first command, end to end: build, start containerd + agent, demo pod answers.
+    crate::up::run(crate::up::UpArgs { check: true })?;
     println!("ci: all stages passed");
     Ok(())
 }

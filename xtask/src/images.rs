@@ -82,7 +82,10 @@ fn busybox_image() -> anyhow::Result<ImageSpec> {
     }
     entries.insert(
         "etc/passwd".into(),
-        Entry::File { data: b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n".to_vec(), mode: 0o644 },
+        Entry::File {
+            data: b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n".to_vec(),
+            mode: 0o644,
+        },
     );
     entries.insert("etc/group".into(), Entry::File { data: b"root:x:0:\nnogroup:x:65534:\n".to_vec(), mode: 0o644 });
     entries.insert(

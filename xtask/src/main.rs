@@ -27,6 +27,8 @@ enum Cmd {
     Images,
     /// Build, start a private containerd + agent with a demo pod, and show it answering.
     Up(up::UpArgs),
+    /// Stop and remove what `up` started.
+    Down,
     /// fmt check, clippy -D warnings, unit tests, then the privileged integration tests.
     Ci(ci::CiArgs),
     /// Compile the datapath's C eBPF programs into <target>/bpf (same code as datapath-ebpf/build.rs).
@@ -41,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Deps => deps::run(),
         Cmd::Images => images::run().map(|_| ()),
         Cmd::Up(a) => up::run(a),
+        Cmd::Down => up::down(),
         Cmd::Ci(a) => ci::run(a),
         Cmd::BuildEbpf => build_ebpf::run(),
         Cmd::Bench(a) => bench::run(a),
