@@ -52,7 +52,10 @@ async fn import_run_exec_log_and_remove() {
         oci_spec: minimal_spec(&["sh", "-c", "echo hello; echo oops >&2; sleep 300"]),
     };
     rt.create_container(&spec).await.unwrap();
-    assert!(matches!(rt.create_container(&spec).await, Err(keelson_agent::runtime::RuntimeError::AlreadyExists { .. })));
+    assert!(matches!(
+        rt.create_container(&spec).await,
+        Err(keelson_agent::runtime::RuntimeError::AlreadyExists { .. })
+    ));
 
     let logdir = tempfile::tempdir().unwrap();
     let log = logdir.path().join("c/0.log");
@@ -68,7 +71,8 @@ async fn import_run_exec_log_and_remove() {
     assert_eq!(c.label("io.keelson.managed"), Some("true"));
     assert!(matches!(c.task, TaskState::Running { .. }));
 
-    let ex = rt.exec("c1", &["sh".into(), "-c".into(), "echo out; exit 3".into()], Duration::from_secs(10)).await.unwrap();
+    let ex =
+        rt.exec("c1", &["sh".into(), "-c".into(), "echo out; exit 3".into()], Duration::from_secs(10)).await.unwrap();
     assert_eq!(ex.exit_code, 3);
     assert_eq!(String::from_utf8_lossy(&ex.output).trim(), "out");
     let slow = rt.exec("c1", &["sleep".into(), "30".into()], Duration::from_millis(300)).await;
