@@ -110,7 +110,11 @@ impl Node {
             .arg(d.join("resolv.conf"))
             .args(["--resync", "500ms"])
             .args(&self.extra_args)
-            .args(if self.extra_args.iter().any(|a| a == "--manifest-poll") { &[][..] } else { &["--manifest-poll", "200ms"][..] })
+            .args(if self.extra_args.iter().any(|a| a == "--manifest-poll") {
+                &[][..]
+            } else {
+                &["--manifest-poll", "200ms"][..]
+            })
             .env("RUST_LOG", "info,keelson_agent=debug,h2=warn,tower=warn,hyper=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

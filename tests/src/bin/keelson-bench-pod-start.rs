@@ -32,7 +32,9 @@ fn ready(p: &Pod) -> bool {
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -54,7 +56,9 @@ fn spec(args: &[&str], ns: Vec<serde_json::Value>) -> serde_json::Value {
 }
 
 async fn floor(node: &Node) -> anyhow::Result<Vec<f64>> {
-    let rt = Runtime::connect(&node.containerd.socket(), &format!("{}-floor", node.namespace), &node.path("floor-exec")).await?;
+    let rt =
+        Runtime::connect(&node.containerd.socket(), &format!("{}-floor", node.namespace), &node.path("floor-exec"))
+            .await?;
     for img in ["pause.tar", "busybox.tar"] {
         rt.import_archive(&keelson_tests::target_dir().join("images").join(img)).await?;
     }
@@ -67,7 +71,16 @@ async fn floor(node: &Node) -> anyhow::Result<Vec<f64>> {
             id: format!("floor-pause-{i}"),
             image: "keelson.local/pause:latest".into(),
             labels: Default::default(),
-            oci_spec: spec(&["/pause"], vec![json!({"type": "pid"}), json!({"type": "ipc"}), json!({"type": "uts"}), json!({"type": "mount"}), json!({"type": "network", "path": netns})]),
+            oci_spec: spec(
+                &["/pause"],
+                vec![
+                    json!({"type": "pid"}),
+                    json!({"type": "ipc"}),
+                    json!({"type": "uts"}),
+                    json!({"type": "mount"}),
+                    json!({"type": "network", "path": netns}),
+                ],
+            ),
         };
         rt.create_container(&pause).await?;
         let pid = rt.start(&pause.id, &Stdio::Null).await?;
@@ -104,7 +117,8 @@ fn main() -> anyhow::Result<()> {
 
     // Warm-up (first container of an image pays one-time costs in containerd).
     node.write_manifest("warm.yaml", &manifest("warm"))?;
-    keelson_tests::wait_for(Duration::from_secs(60), || node.pod("warm").filter(ready)).ok_or_else(|| anyhow::anyhow!("warm-up pod not ready"))?;
+    keelson_tests::wait_for(Duration::from_secs(60), || node.pod("warm").filter(ready))
+        .ok_or_else(|| anyhow::anyhow!("warm-up pod not ready"))?;
     node.remove_manifest("warm.yaml")?;
     keelson_tests::wait_for(Duration::from_secs(60), || node.pods().is_empty().then_some(()));
 
@@ -132,8 +146,10 @@ fn main() -> anyhow::Result<()> {
     for i in 0..30 {
         node.write_manifest(&format!("r{i}.yaml"), &manifest(&format!("r{i}")))?;
     }
-    keelson_tests::wait_for(Duration::from_secs(180), || (node.pods().iter().filter(|p| ready(p)).count() == 30).then_some(()))
-        .ok_or_else(|| anyhow::anyhow!("30 pods not ready"))?;
+    keelson_tests::wait_for(Duration::from_secs(180), || {
+        (node.pods().iter().filter(|p| ready(p)).count() == 30).then_some(())
+    })
+    .ok_or_else(|| anyhow::anyhow!("30 pods not ready"))?;
     std::thread::sleep(Duration::from_secs(3));
     let rss_30 = rss_kib(pid);
     for i in 0..30 {
