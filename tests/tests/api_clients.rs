@@ -165,6 +165,43 @@ fn authentication_and_bad_input_get_4xx_status() {
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("ServiceUnavailable"), "{body}");
 
+    // pods/binding sets spec.nodeName once; a second binding conflicts.
+    let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"b1","labels":{"grp":"x"}},"spec":{"containers":[{"name":"c","image":"busybox"}]}}"#;
+    let pods = s.url("/api/v1/namespaces/default/pods");
+    assert_eq!(
+        call(&["-X", "POST", "-H", &auth, "-H", "Content-Type: application/json", "--data-binary", pod, &pods]).1,
+        201
+    );
+    let binding =
+        r#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"b1"},"target":{"kind":"Node","name":"node-7"}}"#;
+    let bind_url = format!("{pods}/b1/binding");
+    let (body, code) =
+        call(&["-X", "POST", "-H", &auth, "-H", "Content-Type: application/json", "--data-binary", binding, &bind_url]);
+    assert_eq!(code, 201, "{body}");
+    let (body, _) = call(&["-H", &auth, &format!("{pods}/b1")]);
+    assert!(body.contains("\"nodeName\":\"node-7\""), "{body}");
+    assert_eq!(
+        call(&["-X", "POST", "-H", &auth, "-H", "Content-Type: application/json", "--data-binary", binding, &bind_url])
+            .1,
+        409
+    );
+
+    // deletecollection honours the label selector.
+    for (n, g) in [("k1", "del"), ("k2", "del"), ("k3", "keep")] {
+        let cm =
+            format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{n}","labels":{{"g":"{g}"}}}}}}"#);
+        assert_eq!(
+            call(&["-X", "POST", "-H", &auth, "-H", "Content-Type: application/json", "--data-binary", &cm, &cms]).1,
+            201
+        );
+    }
+    assert_eq!(call(&["-X", "DELETE", "-H", &auth, &format!("{cms}?labelSelector=g%3Ddel")]).1, 200);
+    let (body, _) = call(&["-H", &auth, &format!("{cms}?labelSelector=g")]);
+    let list: serde_json::Value = serde_json::from_str(&body).expect("list");
+    let names: Vec<&str> =
+        list["items"].as_array().expect("items").iter().filter_map(|i| i["metadata"]["name"].as_str()).collect();
+    assert_eq!(names, ["k3"]);
+
     // Still serving after all of that.
     assert_eq!(call(&["-H", &auth, &s.url("/readyz")]).1, 200);
 }
