@@ -237,11 +237,11 @@ pub fn apply_defaults(res: &ResourceDef, obj: &mut Value) {
         }
         "Deployment" => {
             set_default(obj, "/spec/replicas", json!(1));
-            set_default(
-                obj,
-                "/spec/strategy",
-                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
-            );
+            set_default(obj, "/spec/strategy/type", json!("RollingUpdate"));
+            if str_at(obj, "/spec/strategy/type") == Some("RollingUpdate") {
+                set_default(obj, "/spec/strategy/rollingUpdate/maxUnavailable", json!("25%"));
+                set_default(obj, "/spec/strategy/rollingUpdate/maxSurge", json!("25%"));
+            }
             set_default(obj, "/spec/revisionHistoryLimit", json!(10));
             set_default(obj, "/spec/progressDeadlineSeconds", json!(600));
             template_defaults(obj);

@@ -1,9 +1,10 @@
 //! Just enough Kubernetes protobuf to accept what kubectl's typed clients send.
 //!
-//! kubectl ≥ 1.32 creates ConfigMaps, Secrets and Namespaces (`kubectl create configmap|secret|
-//! namespace`) through client-go typed clients that encode request bodies as protobuf. This
-//! module decodes the `k8s\0` envelope (`runtime.Unknown`) and those three messages into JSON;
-//! anything else is a 415 telling the client to send JSON. Responses are always JSON (the same
+//! kubectl ≥ 1.32 runs its `create configmap|secret|namespace|serviceaccount|deployment|job|cronjob`
+//! generators through client-go typed clients that encode request bodies as protobuf. This module
+//! decodes the `k8s\0` envelope (`runtime.Unknown`) and those messages (the fields the generators
+//! can set; field numbers from the upstream `generated.proto`) into JSON. A field outside that
+//! table that carries data is a 415, never silently dropped. Responses are always JSON (the same
 //! clients accept it).
 
 use base64::Engine;
@@ -17,7 +18,9 @@ pub enum ProtoError {
     NoEnvelope,
     #[error("unsupported wire type {0}")]
     WireType(u64),
-    #[error("protobuf bodies are accepted only for ConfigMap, Secret and Namespace (got {0}); send JSON")]
+    #[error(
+        "protobuf bodies are accepted only for ConfigMap, Secret, Namespace, ServiceAccount, Deployment, Job and CronJob with the fields kubectl's generators set (got {0}); send JSON or YAML"
+    )]
     Unsupported(String),
     #[error("invalid UTF-8 in a string field")]
     Utf8,
@@ -181,6 +184,234 @@ fn message(kind: &str, api_version: &str, b: &[u8]) -> Result<Value, ProtoError>
     Ok(Value::Object(m))
 }
 
+/// How a schema field decodes.
+#[derive(Clone, Copy)]
+enum F {
+    Str,
+    /// Integer; `keep_zero` for pointer fields, where an explicit 0 is meaningful.
+    Int {
+        keep_zero: bool,
+    },
+    Bool {
+        keep_false: bool,
+    },
+    Msg(&'static str),
+    RepStr,
+    RepMsg(&'static str),
+    MapStr,
+    MapQuantity,
+    IntOrString,
+    /// Status on create: reset by the server anyway.
+    Skip,
+}
+
+/// Field numbers from k8s.io/api and apimachinery `generated.proto` for the messages kubectl's
+/// `create deployment|job|cronjob|serviceaccount` generators send. Anything not listed that
+/// carries data is rejected rather than silently dropped.
+fn schema(msg: &str) -> &'static [(u64, &'static str, F)] {
+    const KEEP: F = F::Int { keep_zero: true };
+    const INT: F = F::Int { keep_zero: false };
+    match msg {
+        "Deployment" => {
+            &[(1, "metadata", F::Msg("ObjectMeta")), (2, "spec", F::Msg("DeploymentSpec")), (3, "status", F::Skip)]
+        }
+        "DeploymentSpec" => &[
+            (1, "replicas", KEEP),
+            (2, "selector", F::Msg("LabelSelector")),
+            (3, "template", F::Msg("PodTemplateSpec")),
+            (4, "strategy", F::Msg("DeploymentStrategy")),
+            (5, "minReadySeconds", INT),
+            (6, "revisionHistoryLimit", KEEP),
+            (7, "paused", F::Bool { keep_false: false }),
+            (9, "progressDeadlineSeconds", KEEP),
+        ],
+        "DeploymentStrategy" => &[(1, "type", F::Str), (2, "rollingUpdate", F::Msg("RollingUpdateDeployment"))],
+        "RollingUpdateDeployment" => &[(1, "maxUnavailable", F::IntOrString), (2, "maxSurge", F::IntOrString)],
+        "Job" => &[(1, "metadata", F::Msg("ObjectMeta")), (2, "spec", F::Msg("JobSpec")), (3, "status", F::Skip)],
+        "JobSpec" => &[
+            (1, "parallelism", KEEP),
+            (2, "completions", KEEP),
+            (3, "activeDeadlineSeconds", KEEP),
+            (4, "selector", F::Msg("LabelSelector")),
+            (5, "manualSelector", F::Bool { keep_false: true }),
+            (6, "template", F::Msg("PodTemplateSpec")),
+            (7, "backoffLimit", KEEP),
+            (8, "ttlSecondsAfterFinished", KEEP),
+            (9, "completionMode", F::Str),
+            (10, "suspend", F::Bool { keep_false: true }),
+        ],
+        "CronJob" => {
+            &[(1, "metadata", F::Msg("ObjectMeta")), (2, "spec", F::Msg("CronJobSpec")), (3, "status", F::Skip)]
+        }
+        "CronJobSpec" => &[
+            (1, "schedule", F::Str),
+            (2, "startingDeadlineSeconds", KEEP),
+            (3, "concurrencyPolicy", F::Str),
+            (4, "suspend", F::Bool { keep_false: true }),
+            (5, "jobTemplate", F::Msg("JobTemplateSpec")),
+            (6, "successfulJobsHistoryLimit", KEEP),
+            (7, "failedJobsHistoryLimit", KEEP),
+            (8, "timeZone", F::Str),
+        ],
+        "JobTemplateSpec" => &[(1, "metadata", F::Msg("ObjectMeta")), (2, "spec", F::Msg("JobSpec"))],
+        "PodTemplateSpec" => &[(1, "metadata", F::Msg("ObjectMeta")), (2, "spec", F::Msg("PodSpec"))],
+        "PodSpec" => &[
+            (2, "containers", F::RepMsg("Container")),
+            (3, "restartPolicy", F::Str),
+            (4, "terminationGracePeriodSeconds", KEEP),
+            (5, "activeDeadlineSeconds", KEEP),
+            (6, "dnsPolicy", F::Str),
+            (7, "nodeSelector", F::MapStr),
+            (8, "serviceAccountName", F::Str),
+            (9, "serviceAccount", F::Str),
+            (10, "nodeName", F::Str),
+            (11, "hostNetwork", F::Bool { keep_false: false }),
+            (15, "imagePullSecrets", F::RepMsg("LocalObjectReference")),
+            (16, "hostname", F::Str),
+            (17, "subdomain", F::Str),
+            (19, "schedulerName", F::Str),
+            (20, "initContainers", F::RepMsg("Container")),
+            (21, "automountServiceAccountToken", F::Bool { keep_false: true }),
+            (24, "priorityClassName", F::Str),
+        ],
+        "Container" => &[
+            (1, "name", F::Str),
+            (2, "image", F::Str),
+            (3, "command", F::RepStr),
+            (4, "args", F::RepStr),
+            (5, "workingDir", F::Str),
+            (6, "ports", F::RepMsg("ContainerPort")),
+            (7, "env", F::RepMsg("EnvVar")),
+            (8, "resources", F::Msg("ResourceRequirements")),
+            (13, "terminationMessagePath", F::Str),
+            (14, "imagePullPolicy", F::Str),
+            (16, "stdin", F::Bool { keep_false: false }),
+            (17, "stdinOnce", F::Bool { keep_false: false }),
+            (18, "tty", F::Bool { keep_false: false }),
+            (20, "terminationMessagePolicy", F::Str),
+        ],
+        "ContainerPort" => &[
+            (1, "name", F::Str),
+            (2, "hostPort", INT),
+            (3, "containerPort", INT),
+            (4, "protocol", F::Str),
+            (5, "hostIP", F::Str),
+        ],
+        "EnvVar" => &[(1, "name", F::Str), (2, "value", F::Str)],
+        "ResourceRequirements" => &[(1, "limits", F::MapQuantity), (2, "requests", F::MapQuantity)],
+        "LabelSelector" => {
+            &[(1, "matchLabels", F::MapStr), (2, "matchExpressions", F::RepMsg("LabelSelectorRequirement"))]
+        }
+        "LabelSelectorRequirement" => &[(1, "key", F::Str), (2, "operator", F::Str), (3, "values", F::RepStr)],
+        "ServiceAccount" => &[
+            (1, "metadata", F::Msg("ObjectMeta")),
+            (2, "secrets", F::RepMsg("ObjectReference")),
+            (3, "imagePullSecrets", F::RepMsg("LocalObjectReference")),
+            (4, "automountServiceAccountToken", F::Bool { keep_false: true }),
+        ],
+        "ObjectReference" => &[
+            (1, "kind", F::Str),
+            (2, "namespace", F::Str),
+            (3, "name", F::Str),
+            (4, "uid", F::Str),
+            (5, "apiVersion", F::Str),
+        ],
+        "LocalObjectReference" => &[(1, "name", F::Str)],
+        _ => &[],
+    }
+}
+
+/// Go int32/int64 varints: negative values are sign-extended to 64 bits.
+fn varint_value(v: u64) -> i64 {
+    v as i64
+}
+
+fn schema_message(msg: &str, b: &[u8], depth: usize) -> Result<Value, ProtoError> {
+    if depth > 32 {
+        return Err(ProtoError::Unsupported(format!("{msg} nested too deeply")));
+    }
+    if msg == "ObjectMeta" {
+        return object_meta(b);
+    }
+    let fields = schema(msg);
+    let mut r = Reader { buf: b };
+    let mut m = Map::new();
+    while let Some((n, f)) = r.next()? {
+        let Some((_, name, kind)) = fields.iter().find(|(num, _, _)| *num == n) else {
+            // An unknown field is fine only if it carries nothing (Go always encodes zero values).
+            let empty = match f {
+                Field::Varint(v) => v == 0,
+                Field::Bytes(x) => x.is_empty(),
+                Field::Fixed => false,
+            };
+            if empty {
+                continue;
+            }
+            return Err(ProtoError::Unsupported(format!("{msg} field {n}")));
+        };
+        match (*kind, f) {
+            (F::Skip, _) => {}
+            (F::Str, Field::Bytes(x)) => put(&mut m, name, x)?,
+            (F::Int { keep_zero }, Field::Varint(v)) => {
+                if v != 0 || keep_zero {
+                    m.insert((*name).into(), json!(varint_value(v)));
+                }
+            }
+            (F::Bool { keep_false }, Field::Varint(v)) => {
+                if v != 0 || keep_false {
+                    m.insert((*name).into(), json!(v != 0));
+                }
+            }
+            (F::Msg(sub), Field::Bytes(x)) => {
+                let v = schema_message(sub, x, depth + 1)?;
+                if v.as_object().is_some_and(|o| !o.is_empty()) || matches!(*name, "resources" | "strategy") {
+                    m.insert((*name).into(), v);
+                }
+            }
+            (F::RepStr, Field::Bytes(x)) => {
+                if let Value::Array(a) = m.entry(*name).or_insert_with(|| json!([])) {
+                    a.push(json!(string(x)?));
+                }
+            }
+            (F::RepMsg(sub), Field::Bytes(x)) => {
+                let v = schema_message(sub, x, depth + 1)?;
+                if let Value::Array(a) = m.entry(*name).or_insert_with(|| json!([])) {
+                    a.push(v);
+                }
+            }
+            (F::MapStr, Field::Bytes(x)) => insert_str_map(&mut m, name, x)?,
+            (F::MapQuantity, Field::Bytes(x)) => {
+                let (k, q) = entry(x)?;
+                // Quantity { string = 1 }
+                let mut qr = Reader { buf: &q };
+                let mut text = String::new();
+                while let Some((qn, qf)) = qr.next()? {
+                    if let (1, Field::Bytes(t)) = (qn, qf) {
+                        text = string(t)?;
+                    }
+                }
+                m.entry(*name).or_insert_with(|| json!({}))[k] = json!(text);
+            }
+            (F::IntOrString, Field::Bytes(x)) => {
+                // IntOrString { type = 1; intVal = 2; strVal = 3 }
+                let mut ir = Reader { buf: x };
+                let (mut ty, mut iv, mut sv) = (0u64, 0i64, String::new());
+                while let Some((inum, ifield)) = ir.next()? {
+                    match (inum, ifield) {
+                        (1, Field::Varint(t)) => ty = t,
+                        (2, Field::Varint(v)) => iv = varint_value(v),
+                        (3, Field::Bytes(t)) => sv = string(t)?,
+                        _ => {}
+                    }
+                }
+                m.insert((*name).into(), if ty == 1 { json!(sv) } else { json!(iv) });
+            }
+            _ => return Err(ProtoError::Unsupported(format!("{msg}.{name}: unexpected wire type"))),
+        }
+    }
+    Ok(Value::Object(m))
+}
+
 /// Decodes a `k8s\0`-enveloped protobuf body into a JSON object.
 pub fn decode(body: &[u8]) -> Result<Value, ProtoError> {
     let inner = body.strip_prefix(b"k8s\0").ok_or(ProtoError::NoEnvelope)?;
@@ -204,6 +435,19 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtoError> {
     }
     match kind.as_str() {
         "ConfigMap" | "Secret" | "Namespace" if api_version == "v1" => message(&kind, &api_version, raw),
+        "Deployment" | "Job" | "CronJob" | "ServiceAccount"
+            if matches!(
+                (kind.as_str(), api_version.as_str()),
+                ("Deployment", "apps/v1") | ("Job" | "CronJob", "batch/v1") | ("ServiceAccount", "v1")
+            ) =>
+        {
+            let mut v = schema_message(&kind, raw, 0)?;
+            if let Value::Object(m) = &mut v {
+                m.insert("apiVersion".into(), json!(api_version));
+                m.insert("kind".into(), json!(kind));
+            }
+            Ok(v)
+        }
         _ => Err(ProtoError::Unsupported(format!("{api_version}/{kind}"))),
     }
 }
@@ -234,6 +478,43 @@ mod tests {
                 "metadata": {"name": "s1", "namespace": "default", "labels": {"a": "b"}}, "data": {"pw": "eA=="}})
         );
         assert_eq!(decode(b"k8s\0\x0a"), Err(ProtoError::Truncated));
+        assert_eq!(decode(b"{}"), Err(ProtoError::NoEnvelope));
+    }
+
+    fn varint_field(n: u64, v: u8) -> Vec<u8> {
+        vec![(n << 3) as u8, v]
+    }
+
+    fn envelope(api_version: &[u8], kind: &[u8], raw: &[u8]) -> Vec<u8> {
+        let unknown = [field(1, &[field(1, api_version), field(2, kind)].concat()), field(2, raw)].concat();
+        [b"k8s\0".to_vec(), unknown].concat()
+    }
+
+    #[test]
+    fn decodes_a_generated_deployment_and_rejects_unknown_data() {
+        let labels = field(11, &[field(1, b"app"), field(2, b"web")].concat());
+        let port = [varint_field(2, 0), varint_field(3, 80), field(4, b"TCP")].concat();
+        let container = [field(1, b"c"), field(2, b"nginx"), field(6, &port), field(8, b"")].concat();
+        let pod_spec = [field(2, &container), field(3, b"Always")].concat();
+        let template = [field(1, &labels), field(2, &pod_spec)].concat();
+        let selector = field(1, &[field(1, b"app"), field(2, b"web")].concat());
+        let spec =
+            [varint_field(1, 3), field(2, &selector), field(3, &template), field(4, b""), varint_field(5, 0)].concat();
+        let status = [varint_field(1, 0), varint_field(2, 0)].concat();
+        let dep = [field(1, &field(1, b"web")), field(2, &spec), field(3, &status)].concat();
+        let v = decode(&envelope(b"apps/v1", b"Deployment", &dep)).unwrap();
+        assert_eq!(
+            v,
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+                "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}}, "strategy": {},
+                    "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"restartPolicy": "Always",
+                        "containers": [{"name": "c", "image": "nginx", "resources": {}, "ports": [{"containerPort": 80, "protocol": "TCP"}]}]}}}})
+        );
+        // A container field outside the table (livenessProbe = 10) with data is refused, not dropped.
+        let container = [field(1, b"c"), field(10, &field(1, b"x"))].concat();
+        let dep = [field(2, &field(3, &field(2, &field(2, &container))))].concat();
+        assert!(matches!(decode(&envelope(b"apps/v1", b"Deployment", &dep)), Err(ProtoError::Unsupported(_))));
+        assert!(matches!(decode(&envelope(b"v1", b"Pod", b"")), Err(ProtoError::Unsupported(_))));
         assert_eq!(decode(b"{}"), Err(ProtoError::NoEnvelope));
     }
 }

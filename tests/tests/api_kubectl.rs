@@ -142,6 +142,22 @@ fn flow(v: &str) {
     assert_eq!(sec["data"]["pw"], "czNjcmV0");
     assert_eq!(sec["type"], "Opaque");
 
+    // The generators (protobuf bodies from kubectl >= 1.32).
+    k(&["create", "deployment", "gen", "--image=nginx:1.27", "--replicas=3", "--port=8080"]);
+    let d = json(&k(&["get", "deploy", "gen", "-o", "json"]));
+    assert_eq!(d["spec"]["replicas"], 3);
+    assert_eq!(d["spec"]["selector"]["matchLabels"]["app"], "gen");
+    assert_eq!(d["spec"]["strategy"]["type"], "RollingUpdate");
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"], 8080);
+    k(&["create", "job", "gen-job", "--image=busybox:1.36", "--", "echo", "hi"]);
+    let j = json(&k(&["get", "job", "gen-job", "-o", "json"]));
+    assert_eq!(j["spec"]["template"]["spec"]["containers"][0]["command"], serde_json::json!(["echo", "hi"]));
+    assert_eq!(j["spec"]["template"]["spec"]["restartPolicy"], "Never");
+    k(&["create", "cronjob", "gen-cj", "--image=busybox:1.36", "--schedule=*/5 * * * *"]);
+    assert_eq!(k(&["get", "cronjob", "gen-cj", "-o", "jsonpath={.spec.schedule}"]), "*/5 * * * *");
+    k(&["create", "serviceaccount", "gen-sa"]);
+    assert!(k(&["get", "sa", "-o", "name"]).contains("serviceaccount/gen-sa"));
+
     // Server-side apply, twice (the second is a no-op update), then a conflicting manager.
     let ssa = write_manifest(&dir, "ssa.yaml", SSA).expect("manifest");
     let ssa_path = ssa.to_str().expect("utf8");
