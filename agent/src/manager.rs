@@ -325,7 +325,7 @@ impl<R: ContainerRuntime, C: Cgroups + 'static, N: PodNetwork> Manager<R, C, N> 
         );
     }
 
-    /// Stops all workers' pods (used by tests); waits until every worker has torn down.
+    /// Number of live pod workers (pods being run or torn down).
     pub fn worker_count(&self) -> usize {
         self.workers.lock().map(|w| w.values().filter(|t| !t.is_closed()).count()).unwrap_or(0)
     }
