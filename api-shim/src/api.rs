@@ -28,12 +28,20 @@ use crate::store::{EventKind, KeyValue, Store, StoreError};
 pub struct WriteOpts {
     pub field_validation: FieldValidation,
     pub dry_run: bool,
+    /// Who writes; non-apply writes with a manager are recorded in managedFields.
     pub field_manager: String,
+    /// Set by server-side apply, which maintains managedFields itself.
+    pub apply: bool,
 }
 
 impl Default for WriteOpts {
     fn default() -> Self {
-        WriteOpts { field_validation: FieldValidation::Warn, dry_run: false, field_manager: String::new() }
+        WriteOpts {
+            field_validation: FieldValidation::Warn,
+            dry_run: false,
+            field_manager: String::new(),
+            apply: false,
+        }
     }
 }
 
@@ -536,6 +544,9 @@ impl Api {
             }
         }
         objects::apply_defaults(res, &mut obj);
+        if !opts.apply {
+            crate::apply::record_update(None, &mut obj, &opts.field_manager, &res.api_version(), None);
+        }
         if res.kind == "Job" {
             default_job_selector(&mut obj);
         }
@@ -597,6 +608,9 @@ impl Api {
                 return Err(ApiError::bad_request("the name of the object does not match the name on the URL"));
             }
             self.prepare_update(res, sub, &old, &mut new)?;
+            if !opts.apply {
+                crate::apply::record_update(Some(&old), &mut new, &opts.field_manager, &res.api_version(), sub);
+            }
             objects::validate(res, &new, Some(&old))?;
             let allocated =
                 if res.kind == "Service" { self.allocate_service(&mut new, Some(&old))? } else { Vec::new() };

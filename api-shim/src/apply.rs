@@ -216,6 +216,96 @@ fn managed_entry(manager: &str, api_version: &str, sub: Option<&str>, paths: &[P
     e
 }
 
+/// Fields no manager owns (server-maintained identity and bookkeeping).
+fn server_owned(p: &Path) -> bool {
+    match p.as_slice() {
+        [Step::Field(f), ..] if f == "apiVersion" || f == "kind" => true,
+        [Step::Field(m), Step::Field(f), ..] if m == "metadata" => matches!(
+            f.as_str(),
+            "managedFields"
+                | "resourceVersion"
+                | "generation"
+                | "uid"
+                | "creationTimestamp"
+                | "name"
+                | "namespace"
+                | "deletionTimestamp"
+                | "deletionGracePeriodSeconds"
+                | "selfLink"
+        ),
+        _ => false,
+    }
+}
+
+/// Records a non-apply write (create, update, patch) by `manager` in `new.metadata.managedFields`:
+/// the manager's `Update` entry takes the fields this write set or changed, those fields leave
+/// every other entry (updates move ownership and never conflict, as upstream), and entries whose
+/// fields are all gone are dropped.
+pub fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, api_version: &str, sub: Option<&str>) {
+    if manager.is_empty() {
+        return;
+    }
+    let mut all = Vec::new();
+    leaf_paths(new, &mut Vec::new(), &mut Vec::new(), &mut all);
+    all.retain(|p| !server_owned(p));
+    let changed: Vec<Path> = match old {
+        None => all.clone(),
+        Some(o) => all.iter().filter(|p| value_at(o, p) != value_at(new, p)).cloned().collect(),
+    };
+    let entries: Vec<Value> =
+        new.pointer("/metadata/managedFields").and_then(Value::as_array).cloned().unwrap_or_default();
+    if changed.is_empty() && entries.is_empty() {
+        return;
+    }
+    let mut out = Vec::new();
+    let mut mine: Vec<Path> = Vec::new();
+    for e in entries {
+        let is_mine = e.get("manager").and_then(Value::as_str) == Some(manager)
+            && e.get("operation").and_then(Value::as_str) == Some("Update")
+            && e.get("subresource").and_then(Value::as_str) == sub;
+        let mut paths = from_fields_v1(e.get("fieldsV1").unwrap_or(&Value::Null));
+        // Fields that no longer exist are owned by nobody.
+        paths.retain(|p| value_at(new, p).is_some());
+        if is_mine {
+            mine = paths;
+            continue;
+        }
+        paths.retain(|p| !changed.contains(p));
+        if paths.is_empty() {
+            continue;
+        }
+        let mut e = e.clone();
+        e["fieldsV1"] = to_fields_v1(&paths);
+        out.push(e);
+    }
+    for p in changed {
+        if !mine.contains(&p) {
+            mine.push(p);
+        }
+    }
+    if !mine.is_empty() {
+        let mut e = json!({
+            "manager": manager,
+            "operation": "Update",
+            "apiVersion": api_version,
+            "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "fieldsType": "FieldsV1",
+            "fieldsV1": to_fields_v1(&mine),
+        });
+        if let Some(s) = sub {
+            e["subresource"] = json!(s);
+        }
+        out.push(e);
+    }
+    if let Some(Value::Object(m)) = new.get_mut("metadata") {
+        if out.is_empty() {
+            m.remove("managedFields");
+        } else {
+            m.insert("managedFields".into(), Value::Array(out));
+        }
+    }
+}
+
 /// Applies `config` as `opts.field_manager`; returns (object, warnings, created).
 #[allow(clippy::too_many_arguments)]
 pub async fn server_side_apply(
@@ -350,6 +440,39 @@ pub async fn server_side_apply(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn updates_move_ownership_of_changed_fields() {
+        let mut created = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "uid": "u"}, "data": {"a": "1", "b": "2"}});
+        record_update(None, &mut created, "creator", "v1", None);
+        let mf = &created["metadata"]["managedFields"];
+        assert_eq!(mf[0]["manager"], "creator");
+        assert_eq!(
+            mf[0]["fieldsV1"],
+            json!({"f:data": {"f:a": {}, "f:b": {}}, "f:metadata": {}})
+                .get("f:data")
+                .map(|d| json!({"f:data": d}))
+                .unwrap()
+        );
+        let mut updated = created.clone();
+        updated["data"]["a"] = json!("9");
+        record_update(Some(&created), &mut updated, "editor", "v1", None);
+        let mf = updated["metadata"]["managedFields"].as_array().unwrap().clone();
+        assert_eq!(mf.len(), 2);
+        assert_eq!(mf[0]["fieldsV1"], json!({"f:data": {"f:b": {}}}));
+        assert_eq!((mf[1]["manager"].as_str(), &mf[1]["fieldsV1"]), (Some("editor"), &json!({"f:data": {"f:a": {}}})));
+        // Removing the last field of a manager drops its entry.
+        let mut removed = updated.clone();
+        removed["data"].as_object_mut().unwrap().remove("b");
+        record_update(Some(&updated), &mut removed, "editor", "v1", None);
+        let managers: Vec<&str> = removed["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["manager"].as_str())
+            .collect();
+        assert_eq!(managers, ["editor"]);
+    }
 
     #[test]
     fn fields_v1_round_trip() {

@@ -206,7 +206,7 @@ fn write_opts(q: &HashMap<String, String>, headers: &HeaderMap) -> Result<WriteO
     if manager.len() > 128 {
         return Err(ApiError::bad_request("fieldManager must not be longer than 128 characters"));
     }
-    Ok(WriteOpts { field_validation: fv, dry_run, field_manager: manager })
+    Ok(WriteOpts { field_validation: fv, dry_run, field_manager: manager, apply: false })
 }
 
 fn list_opts(res: &ResourceDef, q: &HashMap<String, String>) -> Result<ListOpts, ApiError> {
@@ -467,6 +467,7 @@ impl Server {
                         ));
                     }
                     let force = q.get("force").is_some_and(|f| f == "true");
+                    opts.apply = true;
                     if opts.field_validation == FieldValidation::Warn && !q.contains_key("fieldValidation") {
                         opts.field_validation = FieldValidation::Strict;
                     }
