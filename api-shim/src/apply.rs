@@ -377,6 +377,10 @@ pub async fn server_side_apply(
             let mut conflicts = Vec::new();
             let mut lost: Vec<(usize, Path)> = Vec::new();
             for p in &mine {
+                // A keyed list item's identity never conflicts; only its fields do.
+                if matches!(p.last(), Some(Step::Key(_))) {
+                    continue;
+                }
                 for (i, theirs) in &others {
                     if theirs.iter().any(|t| t == p) && value_at(cur, p) != value_at(&stripped, p) {
                         let who = entries[*i].get("manager").and_then(Value::as_str).unwrap_or("unknown");

@@ -98,6 +98,21 @@ fn flow(v: &str) {
     assert_eq!(d["metadata"]["generation"], 2);
     assert!(d["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"].is_string());
 
+    // Moving the same configuration to server-side apply: no conflicts with the client-side
+    // manager (same values), and kubectl migrates the managedFields to its Apply manager.
+    let out = k(&["apply", "--server-side", "-f", m2.to_str().expect("utf8")]);
+    assert!(out.contains("deployment.apps/web serverside-applied"), "{out}");
+    let d = json(&k(&["get", "deploy", "web", "-o", "json", "--show-managed-fields"]));
+    let ops: Vec<String> = d["metadata"]["managedFields"]
+        .as_array()
+        .expect("managedFields")
+        .iter()
+        .map(|m| {
+            format!("{}/{}", m["manager"].as_str().unwrap_or_default(), m["operation"].as_str().unwrap_or_default())
+        })
+        .collect();
+    assert!(ops.contains(&"kubectl/Apply".to_string()), "{ops:?}");
+
     // Service got a ClusterIP and a NodePort.
     let svc = json(&k(&["get", "svc", "web", "-o", "json"]));
     let ip = svc["spec"]["clusterIP"].as_str().expect("clusterIP");
