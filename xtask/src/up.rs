@@ -5,7 +5,9 @@
 //! touched), drops a demo static pod (busybox httpd) into the manifest directory, waits for it to be
 //! Ready and fetches its page over the pod network. Everything keeps running in the background
 //! until `cargo xtask down`, which stops only the processes `up` started (by PID) and removes what
-//! they created. State lives under `target/keelson-up/`.
+//! they created. State lives under `target/keelson-up/`. `up` also starts `keelson-apiserver` on
+//! 127.0.0.1:6443 (embedded store) and shows `kubectl get ns` through its admin kubeconfig; the
+//! agent does not register with it yet (that is the node-registration work).
 
 use crate::util::{cargo, sh, target_dir};
 use anyhow::{Context, bail};
@@ -17,6 +19,15 @@ use std::time::{Duration, Instant};
 const NETNS: &str = "keelson-up";
 const NAMESPACE: &str = "keelson-up";
 const CGROUP_ROOT: &str = "keelson-up";
+const API_LISTEN: &str = "127.0.0.1:6443";
+
+/// kubectl: the one on PATH, else the newest preinstalled Google Cloud SDK one.
+fn kubectl() -> PathBuf {
+    if crate::util::have("kubectl") {
+        return PathBuf::from("kubectl");
+    }
+    PathBuf::from("/usr/lib/google-cloud-sdk/bin/kubectl.1.33")
+}
 
 #[derive(Args)]
 pub struct UpArgs {
@@ -73,10 +84,10 @@ pub fn run(a: UpArgs) -> anyhow::Result<()> {
     }
     crate::deps::run_deps()?;
     let _ = down();
-    sh(cargo().args(["build", "-p", "keelson-agent", "--bins"]))?;
+    sh(cargo().args(["build", "-p", "keelson-agent", "-p", "keelson-api-shim", "--bins"]))?;
     crate::images::run()?;
     let d = state_dir();
-    for sub in ["containerd", "manifests", "run", "logs", "cni/net.d", "cni/cache", "ipam"] {
+    for sub in ["containerd", "manifests", "run", "logs", "cni/net.d", "cni/cache", "ipam", "api"] {
         std::fs::create_dir_all(d.join(sub))?;
     }
     let c = d.join("containerd");
@@ -165,11 +176,33 @@ pub fn run(a: UpArgs) -> anyhow::Result<()> {
         bail!("the demo pod did not answer on {ip}:80: {page:?}");
     }
     println!("\nup: GET http://{ip}/ from the node answered:\n{}", page.lines().last().unwrap_or_default());
+
+    let api = d.join("api");
+    spawn_bg(
+        Command::new(target_dir().join("debug/keelson-apiserver"))
+            .arg("--data-dir")
+            .arg(&api)
+            .args(["--listen", API_LISTEN]),
+        &d.join("apiserver.log"),
+        &d.join("apiserver.pid"),
+    )?;
+    let kubeconfig = api.join("admin.kubeconfig");
+    let mut ns_out = String::new();
+    wait_until("keelson-apiserver", Duration::from_secs(60), || {
+        let Ok(o) = Command::new(kubectl()).arg("--kubeconfig").arg(&kubeconfig).args(["get", "ns"]).output() else {
+            return false;
+        };
+        ns_out = String::from_utf8_lossy(&o.stdout).to_string();
+        o.status.success() && ns_out.contains("kube-system")
+    })
+    .with_context(|| format!("apiserver log: {}", d.join("apiserver.log").display()))?;
+    println!("\nup: kubectl --kubeconfig {} get ns\n{ns_out}", kubeconfig.display());
     println!(
-        "\nup: keelson is running.\n  pods:    {} pods --run-dir {}\n  logs:    {}\n  network: ip netns exec {NETNS} ip addr\n  stop:    cargo xtask down",
+        "up: keelson is running.\n  pods:    {} pods --run-dir {}\n  logs:    {}\n  network: ip netns exec {NETNS} ip addr\n  API:     kubectl --kubeconfig {} get ns\n  stop:    cargo xtask down",
         agent.display(),
         d.join("run").display(),
-        d.join("logs").display()
+        d.join("logs").display(),
+        kubeconfig.display()
     );
     if a.check {
         down()?;
@@ -212,6 +245,7 @@ pub fn down() -> anyhow::Result<()> {
         return Ok(());
     }
     kill_pidfile(&d.join("agent.pid"), libc::SIGTERM, Duration::from_secs(5));
+    kill_pidfile(&d.join("apiserver.pid"), libc::SIGTERM, Duration::from_secs(5));
     let sock = d.join("containerd/containerd.sock");
     if sock.exists() {
         let ctr = |args: &[&str]| -> Vec<String> {

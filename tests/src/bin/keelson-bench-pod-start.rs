@@ -141,7 +141,12 @@ fn main() -> anyhow::Result<()> {
         keelson_tests::wait_for(Duration::from_secs(60), || node.pods().is_empty().then_some(()));
     }
 
-    let floor_ms = tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(floor(&node))?;
+    let floor_ms = tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(floor(&node));
+    // The floor's netns are not the agent's: remove them here whatever happened.
+    for ns in keelson_agent::netns::list(&node.path("floor-run")).unwrap_or_default() {
+        let _ = keelson_agent::netns::remove(&ns);
+    }
+    let floor_ms = floor_ms?;
 
     for i in 0..30 {
         node.write_manifest(&format!("r{i}.yaml"), &manifest(&format!("r{i}")))?;
