@@ -278,6 +278,19 @@ impl Node {
     }
 }
 
+/// A minimal OCI runtime spec (root, /proc, CAP_KILL) running `args` with the given namespaces, for
+/// tests and benchmarks that drive the runtime directly without the agent's spec builder.
+pub fn minimal_oci_spec(args: &[&str], namespaces: Vec<serde_json::Value>) -> serde_json::Value {
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {"user": {"uid": 0, "gid": 0}, "args": args, "env": ["PATH=/bin"], "cwd": "/",
+                    "capabilities": {"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"]}},
+        "root": {"path": "rootfs"},
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "linux": {"namespaces": namespaces}
+    })
+}
+
 pub fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")

@@ -14,14 +14,8 @@ fn images() -> std::path::PathBuf {
 }
 
 fn minimal_spec(args: &[&str]) -> serde_json::Value {
-    json!({
-        "ociVersion": "1.0.2",
-        "process": {"user": {"uid": 0, "gid": 0}, "args": args, "env": ["PATH=/bin"], "cwd": "/",
-                    "capabilities": {"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"]}},
-        "root": {"path": "rootfs"},
-        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
-        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}, {"type": "network"}]}
-    })
+    let ns = ["pid", "mount", "ipc", "uts", "network"].iter().map(|t| json!({ "type": t })).collect();
+    keelson_tests::agent::minimal_oci_spec(args, ns)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,17 +44,6 @@ fn manifest(name: &str) -> String {
     )
 }
 
-fn spec(args: &[&str], ns: Vec<serde_json::Value>) -> serde_json::Value {
-    json!({
-        "ociVersion": "1.0.2",
-        "process": {"user": {"uid": 0, "gid": 0}, "args": args, "env": ["PATH=/bin"], "cwd": "/",
-                    "capabilities": {"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"]}},
-        "root": {"path": "rootfs"},
-        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
-        "linux": {"namespaces": ns}
-    })
-}
-
 async fn floor(node: &Node) -> anyhow::Result<Vec<f64>> {
     let rt =
         Runtime::connect(&node.containerd.socket(), &format!("{}-floor", node.namespace), &node.path("floor-exec"))
@@ -71,7 +60,7 @@ async fn floor(node: &Node) -> anyhow::Result<Vec<f64>> {
             id: format!("floor-pause-{i}"),
             image: "keelson.local/pause:latest".into(),
             labels: Default::default(),
-            oci_spec: spec(
+            oci_spec: keelson_tests::agent::minimal_oci_spec(
                 &["/pause"],
                 vec![
                     json!({"type": "pid"}),
@@ -88,7 +77,7 @@ async fn floor(node: &Node) -> anyhow::Result<Vec<f64>> {
             id: format!("floor-app-{i}"),
             image: "keelson.local/busybox:latest".into(),
             labels: Default::default(),
-            oci_spec: spec(
+            oci_spec: keelson_tests::agent::minimal_oci_spec(
                 &["sleep", "3600"],
                 vec![
                     json!({"type": "network", "path": netns}),
