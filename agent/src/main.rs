@@ -268,6 +268,23 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     let mut first = true;
     let mut last_sync = tokio::time::Instant::now();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let watcher = match static_pods::DirWatcher::new(&a.manifest_dir) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            warn!(dir = %a.manifest_dir.display(), error = %e, "no inotify on the manifest dir; polling only");
+            None
+        }
+    };
+    let dir_changed = || async {
+        match &watcher {
+            Some(w) => {
+                if w.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
     loop {
         let snap = static_pods::read_dir(&a.manifest_dir, &node_name);
         static_pods::report_new_errors(&prev.errors, &snap.errors);
@@ -290,6 +307,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         prev = snap;
         tokio::select! {
             _ = tokio::time::sleep(a.manifest_poll) => {}
+            _ = dir_changed() => {}
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
         }
