@@ -407,9 +407,11 @@ impl<R: ContainerRuntime, C: Cgroups + 'static, N: PodNetwork> Worker<R, C, N> {
             tokio::select! {
                 r = self.rx.changed() => {
                     if r.is_err() {
-                        // The manager dropped us: treat as deletion.
+                        // The manager is gone (agent shutting down): treat as deletion, without
+                        // spinning on a closed channel.
                         let (_tx, rx) = watch::channel(None);
                         self.rx = rx;
+                        tokio::time::sleep(self.shared.cfg.resync).await;
                     }
                 }
                 _ = self.shared.runtime_changed.notified() => {}
