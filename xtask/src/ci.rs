@@ -1,7 +1,7 @@
 //! `cargo xtask ci`: the README's test command. Static checks and unit tests first (cheap, no
 //! root), then the artifacts the integration tests need, then the privileged integration tests.
 
-use crate::util::{cargo, is_root, sh};
+use crate::util::{cargo, is_root, sh, sh_count_tests};
 use anyhow::bail;
 use clap::Args;
 
@@ -25,9 +25,10 @@ pub fn run_ci(args: CiArgs) -> anyhow::Result<()> {
     }
     sh(cargo().args(["fmt", "--all", "--check"]))?;
     sh(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
-    sh(cargo().args(["test", "--workspace", "--exclude", "keelson-tests"]))?;
+    let unit = sh_count_tests(cargo().args(["test", "--workspace", "--exclude", "keelson-tests"]))?;
     if args.unit_only {
         println!("ci: unit stage passed (integration skipped by --unit-only)");
+        println!("ci: {} passed, {} failed, {} skipped", unit.0, unit.1, unit.2);
         return Ok(());
     }
     if !is_root() {
@@ -37,14 +38,15 @@ pub fn run_ci(args: CiArgs) -> anyhow::Result<()> {
     sh(cargo().args(["build", "--workspace", "--bins"]))?;
     crate::images::run()?;
     let mut t = cargo();
-    t.args(["test", "-p", "keelson-tests", "--", "--test-threads=2"]);
+    t.args(["test", "-p", "keelson-tests", "--tests", "--", "--test-threads=2"]);
     if let Some(f) = &args.filter {
         t.arg(f);
     }
-    sh(&mut t)?;
+    let integ = sh_count_tests(&mut t)?;
     // The README's first command, end to end: build, start containerd + agent, demo pod answers.
     crate::up::run(crate::up::UpArgs { check: true })?;
-    println!("ci: all stages passed");
+    println!("ci: all stages passed (unit {} passed, integration {} passed)", unit.0, integ.0);
+    println!("ci: {} passed, {} failed, {} skipped", unit.0 + integ.0, unit.1 + integ.1, unit.2 + integ.2);
     Ok(())
 }
 

@@ -45,3 +45,41 @@ pub fn have(program: &str) -> bool {
         .map(|s| s.success())
         .unwrap_or(false)
 }
+
+/// Runs a `cargo test` command, echoing its stdout, and sums the `test result:` lines.
+/// Returns (passed, failed, ignored); fails on a non-zero exit like [`sh`].
+pub fn sh_count_tests(cmd: &mut Command) -> anyhow::Result<(u64, u64, u64)> {
+    use std::io::BufRead;
+    let shown = format!("{cmd:?}");
+    eprintln!("xtask: $ {shown}");
+    let mut child = cmd
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawn {shown}"))?;
+    let (mut passed, mut failed, mut ignored) = (0, 0, 0);
+    if let Some(out) = child.stdout.take() {
+        for line in std::io::BufReader::new(out).lines() {
+            let line = line.unwrap_or_default();
+            println!("{line}");
+            if let Some(rest) = line.trim().strip_prefix("test result:") {
+                for part in rest.split(';') {
+                    let mut w = part.split_whitespace().rev();
+                    let (Some(kind), Some(n)) = (w.next(), w.next()) else { continue };
+                    let n: u64 = n.parse().unwrap_or(0);
+                    match kind {
+                        "passed" => passed += n,
+                        "failed" => failed += n,
+                        "ignored" => ignored += n,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("{shown} failed: {status} ({passed} passed, {failed} failed)");
+    }
+    Ok((passed, failed, ignored))
+}
