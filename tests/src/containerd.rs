@@ -92,9 +92,53 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     )
 }
 
+/// PIDs of processes whose parent is `ppid`.
+fn children(ppid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Field 4 (after the parenthesised command) is the parent PID.
+            let ppid_field = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split_whitespace().nth(1));
+            if ppid_field.and_then(|p| p.parse::<u32>().ok()) == Some(ppid) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+impl Containerd {
+    /// SIGKILLs the runc shims this containerd started (found by their `-address <our socket>`
+    /// argument) and their children, in case a test left a task behind: shims outlive containerd.
+    fn kill_shims(&self) {
+        let sock = self.socket().to_string_lossy().to_string();
+        let Ok(rd) = std::fs::read_dir("/proc") else { return };
+        for e in rd.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<String> =
+                cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).to_string()).collect();
+            let ours = args.first().is_some_and(|a| a.contains("containerd-shim"))
+                && args.windows(2).any(|w| w[0] == "-address" && w[1] == sock);
+            if !ours {
+                continue;
+            }
+            for child in children(pid) {
+                // SAFETY: kill(2) on a child of a shim started by our containerd.
+                unsafe { libc::kill(child as i32, libc::SIGKILL) };
+            }
+            // SAFETY: kill(2) on a shim started by our containerd.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
 impl Drop for Containerd {
     fn drop(&mut self) {
         self.stop();
+        self.kill_shims();
         // Unmount anything containerd left mounted under our dir (overlay snapshots, shm) so the
         // temp dir can be removed.
         if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
