@@ -1,7 +1,6 @@
 //! Discovery documents: /version, /api, /apis, group-version resource lists, aggregated
 //! discovery (apidiscovery.k8s.io v2 and v2beta1, chosen strictly by the Accept header, since
-//! kubectl 1.27–1.29 only understand v2beta1), and the OpenAPI v3 documents kubectl reads to learn
-//! that server-side field validation is available.
+//! kubectl 1.27–1.29 only understand v2beta1). OpenAPI documents live in [`crate::openapi`].
 
 use serde_json::{Value, json};
 
@@ -177,97 +176,6 @@ pub fn aggregated(core: bool, ver: Aggregated) -> Value {
     })
 }
 
-fn gv_path(group: &str) -> String {
-    if group.is_empty() { "api/v1".into() } else { format!("apis/{group}/v1") }
-}
-
-/// `/openapi/v3`: one entry per served group-version.
-pub fn openapi_root() -> Value {
-    let mut paths = serde_json::Map::new();
-    for g in GROUPS {
-        let p = gv_path(g);
-        let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(openapi_gv(g).to_string().as_bytes()));
-        paths.insert(
-            p.clone(),
-            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={}", &hash[..32].to_uppercase())}),
-        );
-    }
-    json!({"paths": paths})
-}
-
-/// Group for an OpenAPI v3 path like `api/v1` or `apis/apps/v1`.
-pub fn openapi_group_for(path: &str) -> Option<&'static str> {
-    GROUPS.iter().copied().find(|g| gv_path(g) == path.trim_matches('/'))
-}
-
-fn param(name: &str, location: &str) -> Value {
-    json!({"name": name, "in": location, "schema": {"type": "string", "uniqueItems": true}})
-}
-
-/// The OpenAPI v3 document of one group-version: operations with their query parameters and
-/// `x-kubernetes-group-version-kind`, which kubectl consults before sending `fieldValidation`.
-/// Component schemas are omitted: kubectl then computes client-side patches from its built-in types.
-pub fn openapi_gv(group: &str) -> Value {
-    let mut paths = serde_json::Map::new();
-    for r in RESOURCES.iter().filter(|r| r.group == group) {
-        let base = format!("/{}", gv_path(group));
-        let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
-        let item = if r.namespaced {
-            format!("{base}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
-        } else {
-            format!("{base}/{}/{{name}}", r.plural)
-        };
-        let write_params = vec![
-            param("dryRun", "query"),
-            param("fieldManager", "query"),
-            param("fieldValidation", "query"),
-            param("force", "query"),
-        ];
-        let op = |action: &str, params: &[Value]| {
-            json!({
-                "operationId": format!("{action}{}", r.kind),
-                "parameters": params,
-                "responses": {"200": {"description": "OK"}},
-                "x-kubernetes-action": action,
-                "x-kubernetes-group-version-kind": gvk,
-            })
-        };
-        let mut path_params = vec![param("name", "path")];
-        if r.namespaced {
-            path_params.push(param("namespace", "path"));
-        }
-        paths.insert(
-            item.clone(),
-            json!({
-                "get": op("get", &[]),
-                "put": op("put", &write_params),
-                "patch": op("patch", &write_params),
-                "delete": op("delete", &[param("dryRun", "query"), param("gracePeriodSeconds", "query"), param("propagationPolicy", "query")]),
-                "parameters": path_params,
-            }),
-        );
-        let coll = if r.namespaced {
-            format!("{base}/namespaces/{{namespace}}/{}", r.plural)
-        } else {
-            format!("{base}/{}", r.plural)
-        };
-        paths.insert(
-            coll,
-            json!({
-                "get": op("list", &[param("labelSelector", "query"), param("fieldSelector", "query"), param("limit", "query"), param("continue", "query"), param("watch", "query")]),
-                "post": op("post", &write_params),
-                "delete": op("deletecollection", &[param("labelSelector", "query")]),
-            }),
-        );
-    }
-    json!({
-        "openapi": "3.0.0",
-        "info": {"title": "Kubernetes", "version": format!("v1.{SERVER_MINOR}.0")},
-        "paths": paths,
-        "components": {"schemas": {}},
-    })
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -283,22 +191,5 @@ mod tests {
         assert_eq!(aggregated(true, Aggregated::V2Beta1)["apiVersion"], "apidiscovery.k8s.io/v2beta1");
         let apis = aggregated(false, Aggregated::V2);
         assert_eq!(apis["items"].as_array().unwrap().len(), GROUPS.len() - 1);
-    }
-
-    #[test]
-    fn openapi_advertises_field_validation_for_every_kind() {
-        for g in GROUPS {
-            let doc = openapi_gv(g);
-            for r in RESOURCES.iter().filter(|r| r.group == *g) {
-                let found = doc["paths"].as_object().unwrap().values().any(|p| {
-                    p.get("patch").is_some_and(|op| {
-                        op["x-kubernetes-group-version-kind"]["kind"] == r.kind
-                            && op["parameters"].as_array().unwrap().iter().any(|x| x["name"] == "fieldValidation")
-                    })
-                });
-                assert!(found, "{}", r.kind);
-            }
-        }
-        assert_eq!(openapi_group_for("apis/apps/v1"), Some("apps"));
     }
 }

@@ -88,43 +88,22 @@ fn normalize_quantities(v: &mut Value, under_quantity_map: bool) {
     }
 }
 
-macro_rules! roundtrip_kinds {
-    ($kind:expr, $v:expr, { $($name:literal => $ty:ty),* $(,)? }) => {
-        match $kind {
-            $($name => {
-                let typed: $ty = serde_json::from_value($v).map_err(|e| e.to_string())?;
-                serde_json::to_value(&typed).map_err(|e| e.to_string())
-            })*
-            other => Err(format!("no schema for kind {other:?}")),
-        }
-    };
+/// Deserializes into the kind's Rust type and serializes back (see [`crate::kinds`]).
+struct RoundTrip(Value);
+
+impl crate::kinds::KindVisitor for RoundTrip {
+    type Output = Result<Value, String>;
+    fn visit<T>(self) -> Self::Output
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + schemars::JsonSchema,
+    {
+        let typed: T = serde_json::from_value(self.0).map_err(|e| e.to_string())?;
+        serde_json::to_value(&typed).map_err(|e| e.to_string())
+    }
 }
 
 fn roundtrip(kind: &str, v: Value) -> Result<Value, String> {
-    use k8s_openapi::api::{apps, batch, coordination, core, discovery};
-    roundtrip_kinds!(kind, v, {
-        "Namespace" => core::v1::Namespace,
-        "Pod" => core::v1::Pod,
-        "Service" => core::v1::Service,
-        "Endpoints" => core::v1::Endpoints,
-        "ConfigMap" => core::v1::ConfigMap,
-        "Secret" => core::v1::Secret,
-        "Node" => core::v1::Node,
-        "Event" => core::v1::Event,
-        "ServiceAccount" => core::v1::ServiceAccount,
-        "ReplicationController" => core::v1::ReplicationController,
-        "Deployment" => apps::v1::Deployment,
-        "ReplicaSet" => apps::v1::ReplicaSet,
-        "DaemonSet" => apps::v1::DaemonSet,
-        "StatefulSet" => apps::v1::StatefulSet,
-        "Job" => batch::v1::Job,
-        "CronJob" => batch::v1::CronJob,
-        "EndpointSlice" => discovery::v1::EndpointSlice,
-        "Lease" => coordination::v1::Lease,
-        "Binding" => core::v1::Binding,
-        "Scale" => k8s_openapi::api::autoscaling::v1::Scale,
-        "DeleteOptions" => k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions,
-    })
+    crate::kinds::visit(kind, RoundTrip(v)).unwrap_or_else(|| Err(format!("no schema for kind {kind:?}")))
 }
 
 /// Paths present in `input` but not in `output` (unknown fields), as `a.b[0].c`.

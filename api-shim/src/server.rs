@@ -353,10 +353,20 @@ impl Server {
                 r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
                 return Ok(r);
             }
-            ["openapi", "v3"] if get => return Ok(json_response(StatusCode::OK, &discovery::openapi_root(), &[])),
+            ["openapi", "v3"] if get => {
+                return Ok(json_response(StatusCode::OK, &crate::openapi::documents().index, &[]));
+            }
             ["openapi", "v3", rest @ ..] if get => {
-                let g = discovery::openapi_group_for(&rest.join("/")).ok_or(ApiError::NoRoute)?;
-                return Ok(json_response(StatusCode::OK, &discovery::openapi_gv(g), &[]));
+                let doc = crate::openapi::documents().get(&rest.join("/")).ok_or(ApiError::NoRoute)?;
+                let mut r = Response::new(full(doc.json.clone()));
+                r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", doc.hash)) {
+                    r.headers_mut().insert(header::ETAG, etag);
+                }
+                // A URL carrying the current hash never changes content (upstream does the same).
+                let cache = if q.get("hash") == Some(&doc.hash) { "public, immutable" } else { "no-cache, private" };
+                r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+                return Ok(r);
             }
             _ => {}
         }

@@ -79,6 +79,15 @@ fn flow(v: &str) {
     assert!(ar.lines().any(|l| l.starts_with("deployments") && l.contains("deploy") && l.contains("apps/v1")), "{ar}");
     assert!(ar.lines().any(|l| l.starts_with("leases") && l.contains("coordination.k8s.io/v1")), "{ar}");
 
+    // OpenAPI v3 schemas: kubectl explain finds the kind by its group-version-kind and walks
+    // $ref/allOf down to a nested list's item type and its required fields.
+    let ex = k(&["explain", "deployment.spec.template.spec.containers.env"]);
+    for want in ["GROUP:      apps", "KIND:       Deployment", "FIELD: env <[]EnvVar>", "<string> -required-"] {
+        assert!(ex.contains(want), "explain lacks {want:?}:\n{ex}");
+    }
+    let ex = k(&["explain", "leases.spec", "--recursive"]);
+    assert!(ex.contains("holderIdentity") && ex.contains("leaseDurationSeconds"), "{ex}");
+
     // Client-side apply: create, then an update changing an image and an env entry (strategic merge).
     let m = write_manifest(&dir, "deploy.yaml", DEPLOY).expect("manifest");
     let out = k(&["apply", "-f", m.to_str().expect("utf8")]);
