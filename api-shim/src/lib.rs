@@ -100,7 +100,8 @@ async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, RunError> {
         }
         Backend::Etcd { endpoints } => {
             let ep = endpoints.first().cloned().unwrap_or_else(|| "http://127.0.0.1:2379".into());
-            Ok(Arc::new(store::etcd::EtcdStore::connect(&ep).await?))
+            let etcd: Arc<dyn Store> = Arc::new(store::etcd::EtcdStore::connect(&ep).await?);
+            Ok(Arc::new(store::cache::WatchCache::new(etcd, cfg.history.clamp(100, 1_000) as usize)))
         }
     }
 }

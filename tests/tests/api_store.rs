@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use keelson_api_shim::store::cache::WatchCache;
 use keelson_api_shim::store::etcd::EtcdStore;
 use keelson_api_shim::store::sqlite::{SqliteStore, SyncMode};
 use keelson_api_shim::store::{EventKind, Store, StoreError};
@@ -94,6 +95,35 @@ async fn etcd_store_conformance() {
     let etcd = Etcd::start().expect("start etcd");
     let s = EtcdStore::connect(&etcd.endpoint).await.expect("connect");
     conformance(Arc::new(s)).await;
+}
+
+#[tokio::test]
+async fn etcd_behind_the_watch_cache_conformance() {
+    let etcd = Etcd::start().expect("start etcd");
+    let s: Arc<dyn Store> = Arc::new(EtcdStore::connect(&etcd.endpoint).await.expect("connect"));
+    let cache = Arc::new(WatchCache::new(s, 1000));
+    conformance(cache.clone()).await;
+
+    // Many watchers of one prefix share one etcd watch and see the same events in order.
+    let p = "/registry/pods/";
+    let r0 = cache.current_revision().await.expect("rev");
+    let before = cache.feeds();
+    let mut ws = Vec::new();
+    for _ in 0..100 {
+        ws.push(cache.watch(p, r0).await.expect("watch"));
+    }
+    assert_eq!(cache.feeds(), before + 1, "one upstream watch for {p}");
+    let mut revs = Vec::new();
+    for i in 0..10 {
+        revs.push(cache.create(&format!("{p}ns/p{i}"), b"{}".to_vec()).await.expect("create"));
+    }
+    for w in &mut ws {
+        let mut got = Vec::new();
+        for _ in 0..10 {
+            got.push(next_change(w).await.revision);
+        }
+        assert_eq!(got, revs);
+    }
 }
 
 #[test]

@@ -3,9 +3,11 @@
 //! The API layer never sees SQL or gRPC: it stores each object as JSON under kube-apiserver's key
 //! layout (`/registry/<resource>/<namespace>/<name>`) and uses the store's global revision as the
 //! object's `resourceVersion`. Two implementations exist: [`sqlite::SqliteStore`] (embedded, the
-//! default; kine-style log table) and [`etcd::EtcdStore`] (etcd v3). Both pass the same
-//! conformance suite (`tests/tests/api_store.rs`).
+//! default; kine-style log table) and [`etcd::EtcdStore`] (etcd v3), which the server puts
+//! behind [`cache::WatchCache`] so API watchers share one etcd watch per prefix. All three pass
+//! the same conformance suite (`tests/tests/api_store.rs`).
 
+pub mod cache;
 pub mod etcd;
 pub mod sqlite;
 
