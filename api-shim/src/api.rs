@@ -373,12 +373,10 @@ impl Api {
                 _ = tx.closed() => return,
                 _ = ticker.tick() => {
                     if opts.bookmarks {
-                        // Progress: no event for this prefix up to the current revision is pending
-                        // once the store's channel is drained, so report the store's revision.
-                        if let Ok(cur) = self.store.current_revision().await
-                            && events.is_empty() {
-                                safe_rev = safe_rev.max(cur);
-                            }
+                        // Only revisions the store's stream itself vouched for (events and
+                        // progress notifications): the store's current revision is not safe, as
+                        // an event at or below it may still be on its way to this watcher, and a
+                        // client resuming from such a bookmark would miss it.
                         if tx.send(bookmark(safe_rev, false)).await.is_err() {
                             return;
                         }
