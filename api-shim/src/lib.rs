@@ -170,6 +170,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let tokens = tls::load_tokens(&pki.token_file)?;
     bootstrap(&api, &advertise, local.port()).await?;
 
+    // Build the OpenAPI documents now rather than on a client's first request.
+    tokio::task::spawn_blocking(|| openapi::documents().docs.len());
     let sweeper = api.clone();
     tokio::spawn(async move {
         let mut t = tokio::time::interval(Duration::from_millis(500));
