@@ -349,7 +349,7 @@ pub fn pod_qos(pod: &Value) -> &'static str {
 
 // ---------------------------------------------------------------- validation
 
-fn is_dns_label(s: &str) -> bool {
+pub(crate) fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
@@ -361,7 +361,7 @@ pub fn is_dns_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
-fn is_qualified_name(s: &str) -> bool {
+pub(crate) fn is_qualified_name(s: &str) -> bool {
     let (prefix, name) = match s.rsplit_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, s),
@@ -612,10 +612,6 @@ pub fn validate(res: &ResourceDef, obj: &Value, old: Option<&Value>) -> Result<(
         "Job" => {
             validate_selector_template(obj, &mut causes, false);
             validate_pod_spec(obj.pointer("/spec/template/spec"), "spec.template.spec", &mut causes);
-            let rp = str_at(obj, "/spec/template/spec/restartPolicy").unwrap_or_default();
-            if rp != "Never" && rp != "OnFailure" {
-                causes.push(Cause::unsupported("spec.template.spec.restartPolicy", rp, &["OnFailure", "Never"]));
-            }
         }
         "CronJob" => {
             if str_at(obj, "/spec/schedule").is_none_or(str::is_empty) {
@@ -648,6 +644,7 @@ pub fn validate(res: &ResourceDef, obj: &Value, old: Option<&Value>) -> Result<(
         }
         _ => {}
     }
+    crate::validation::validate_kind(res, obj, old, &mut causes);
     if let Some(old) = old {
         validate_update(res, obj, old, &mut causes);
     }
