@@ -32,6 +32,19 @@ pub struct WriteOpts {
     pub field_manager: String,
     /// Set by server-side apply, which maintains managedFields itself.
     pub apply: bool,
+    /// Admission check run on the final object (with the old one on updates) before it is stored.
+    pub admit: Option<Admit>,
+}
+
+/// An admission check (e.g. RBAC privilege escalation) bound to the requesting user.
+#[derive(Clone)]
+#[allow(clippy::type_complexity)]
+pub struct Admit(pub Arc<dyn Fn(&ResourceDef, &Value, Option<&Value>) -> Result<(), ApiError> + Send + Sync>);
+
+impl std::fmt::Debug for Admit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Admit(..)")
+    }
 }
 
 impl Default for WriteOpts {
@@ -41,6 +54,7 @@ impl Default for WriteOpts {
             dry_run: false,
             field_manager: String::new(),
             apply: false,
+            admit: None,
         }
     }
 }
@@ -446,6 +460,7 @@ impl Api {
                             "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
                             res.plural, ""
                         ),
+                        details: None,
                     })
                 } else {
                     Ok(())
@@ -550,6 +565,9 @@ impl Api {
         }
         let name = meta_str(&obj, "name").unwrap_or_default().to_string();
         objects::validate(res, &obj, None)?;
+        if let Some(admit) = &opts.admit {
+            (admit.0)(res, &obj, None)?;
+        }
         let allocated = if res.kind == "Service" { self.allocate_service(&mut obj, None)? } else { Vec::new() };
         if opts.dry_run {
             self.release(&allocated);
@@ -610,6 +628,9 @@ impl Api {
                 crate::apply::record_update(Some(&old), &mut new, &opts.field_manager, &res.api_version(), sub);
             }
             objects::validate(res, &new, Some(&old))?;
+            if let Some(admit) = &opts.admit {
+                (admit.0)(res, &new, Some(&old))?;
+            }
             let allocated =
                 if res.kind == "Service" { self.allocate_service(&mut new, Some(&old))? } else { Vec::new() };
             if opts.dry_run || new == old {

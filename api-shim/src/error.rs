@@ -52,7 +52,7 @@ pub enum ApiError {
     #[error("Unauthorized")]
     Unauthorized,
     #[error("{message}")]
-    Forbidden { message: String },
+    Forbidden { message: String, details: Option<Value> },
     #[error("{kind} \"{name}\" not found")]
     NotFound { group: String, kind: String, name: String },
     #[error("the server could not find the requested resource")]
@@ -153,6 +153,7 @@ impl ApiError {
                 "name": name, "group": group, "kind": kind, "causes": causes_json(causes),
             })),
             ApiError::ApplyConflict { causes, .. } => Some(json!({"causes": causes_json(causes)})),
+            ApiError::Forbidden { details, .. } => details.clone(),
             _ => None,
         };
         if let Some(d) = details {

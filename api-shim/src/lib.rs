@@ -14,6 +14,7 @@
 pub mod alloc;
 pub mod api;
 pub mod apply;
+pub mod authz;
 pub mod discovery;
 pub mod error;
 pub mod kinds;
@@ -21,6 +22,7 @@ pub mod objects;
 pub mod openapi;
 pub mod patch;
 pub mod proto;
+pub mod rbac;
 pub mod resources;
 pub mod selectors;
 pub mod server;
@@ -170,6 +172,11 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let tls_cfg = pki.server_config()?;
     let tokens = tls::load_tokens(&pki.token_file)?;
     bootstrap(&api, &advertise, local.port()).await?;
+    rbac::ensure_bootstrap(&api).await?;
+    // Serve only once the policy cache has listed every RBAC resource (like upstream's RBAC hook).
+    let authz = Arc::new(rbac::Authorizer::default());
+    authz.start(&api);
+    authz.wait_synced().await;
 
     // Build the OpenAPI documents now rather than on a client's first request.
     tokio::task::spawn_blocking(|| openapi::documents().docs.len());
@@ -191,7 +198,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             }
         }
     });
-    let server = Arc::new(server::Server { api, tokens, server_address: format!("{advertise}:{}", local.port()) });
+    let server =
+        Arc::new(server::Server { api, tokens, server_address: format!("{advertise}:{}", local.port()), authz });
     tracing::info!(%local, kubeconfig = %pki.admin_kubeconfig.display(), "keelson-apiserver listening");
     println!("keelson-apiserver listening on https://{local} kubeconfig={}", pki.admin_kubeconfig.display());
     server::serve(server, listener, tls_cfg).await.map_err(RunError::Serve)

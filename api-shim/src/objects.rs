@@ -202,6 +202,7 @@ pub fn default_pod_spec(spec: &mut Value) {
 /// Applies create-time defaults for `res`.
 pub fn apply_defaults(res: &ResourceDef, obj: &mut Value) {
     match res.kind {
+        "RoleBinding" | "ClusterRoleBinding" => crate::rbac::apply_defaults(obj),
         "Pod" => {
             if let Some(spec) = obj.get_mut("spec") {
                 default_pod_spec(spec);
@@ -406,6 +407,8 @@ fn validate_meta(res: &ResourceDef, obj: &Value, causes: &mut Vec<Cause>) {
     let name = str_at(obj, "/metadata/name").unwrap_or_default();
     if name.is_empty() {
         causes.push(Cause::required("metadata.name"));
+    } else if res.group == crate::authz::RBAC_GROUP {
+        crate::rbac::validate_name(name, causes);
     } else if res.label_name && !is_dns_label(name) {
         causes.push(Cause::invalid(
             "metadata.name",
@@ -624,6 +627,9 @@ pub fn validate(res: &ResourceDef, obj: &Value, old: Option<&Value>) -> Result<(
             );
         }
         "Service" => validate_service(obj, &mut causes),
+        "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => {
+            crate::rbac::validate(res, obj, old, &mut causes)
+        }
         "ConfigMap" | "Secret" => {
             for part in ["data", "binaryData", "stringData"] {
                 if let Some(Value::Object(m)) = obj.get(part) {

@@ -3,7 +3,8 @@
 //! kubectl ≥ 1.32 runs its `create configmap|secret|namespace|serviceaccount|deployment|job|cronjob`
 //! generators through client-go typed clients that encode request bodies as protobuf. This module
 //! decodes the `k8s\0` envelope (`runtime.Unknown`) and those messages (the fields the generators
-//! can set; field numbers from the upstream `generated.proto`) into JSON. A field outside that
+//! can set; field numbers from the upstream `generated.proto`) into JSON. The same typed clients
+//! send `kubectl create role|rolebinding|…` objects and the `kubectl auth can-i|whoami` reviews. A field outside that
 //! table that carries data is a 415, never silently dropped. Responses are always JSON (the same
 //! clients accept it).
 
@@ -19,7 +20,7 @@ pub enum ProtoError {
     #[error("unsupported wire type {0}")]
     WireType(u64),
     #[error(
-        "protobuf bodies are accepted only for ConfigMap, Secret, Namespace, ServiceAccount, Deployment, Job and CronJob with the fields kubectl's generators set (got {0}); send JSON or YAML"
+        "protobuf bodies are accepted only for ConfigMap, Secret, Namespace, ServiceAccount, Deployment, Job, CronJob, RBAC roles and bindings and access reviews with the fields kubectl sets (got {0}); send JSON or YAML"
     )]
     Unsupported(String),
     #[error("invalid UTF-8 in a string field")]
@@ -317,6 +318,61 @@ fn schema(msg: &str) -> &'static [(u64, &'static str, F)] {
             (5, "apiVersion", F::Str),
         ],
         "LocalObjectReference" => &[(1, "name", F::Str)],
+        // rbac.authorization.k8s.io/v1 (kubectl create role|clusterrole|rolebinding|clusterrolebinding).
+        "Role" | "ClusterRole" => &[(1, "metadata", F::Msg("ObjectMeta")), (2, "rules", F::RepMsg("PolicyRule"))],
+        "PolicyRule" => &[
+            (1, "verbs", F::RepStr),
+            (2, "apiGroups", F::RepStr),
+            (3, "resources", F::RepStr),
+            (4, "resourceNames", F::RepStr),
+            (5, "nonResourceURLs", F::RepStr),
+        ],
+        "RoleBinding" | "ClusterRoleBinding" => &[
+            (1, "metadata", F::Msg("ObjectMeta")),
+            (2, "subjects", F::RepMsg("Subject")),
+            (3, "roleRef", F::Msg("RoleRef")),
+        ],
+        "Subject" => &[(1, "kind", F::Str), (2, "apiGroup", F::Str), (3, "name", F::Str), (4, "namespace", F::Str)],
+        "RoleRef" => &[(1, "apiGroup", F::Str), (2, "kind", F::Str), (3, "name", F::Str)],
+        // authorization.k8s.io/v1 and authentication.k8s.io/v1 reviews (kubectl auth can-i|whoami).
+        "SelfSubjectAccessReview" => &[
+            (1, "metadata", F::Msg("ObjectMeta")),
+            (2, "spec", F::Msg("SelfSubjectAccessReviewSpec")),
+            (3, "status", F::Skip),
+        ],
+        "SubjectAccessReview" => &[
+            (1, "metadata", F::Msg("ObjectMeta")),
+            (2, "spec", F::Msg("SubjectAccessReviewSpec")),
+            (3, "status", F::Skip),
+        ],
+        "SelfSubjectRulesReview" => &[
+            (1, "metadata", F::Msg("ObjectMeta")),
+            (2, "spec", F::Msg("SelfSubjectRulesReviewSpec")),
+            (3, "status", F::Skip),
+        ],
+        "SelfSubjectAccessReviewSpec" => &[
+            (1, "resourceAttributes", F::Msg("ResourceAttributes")),
+            (2, "nonResourceAttributes", F::Msg("NonResourceAttributes")),
+        ],
+        "SubjectAccessReviewSpec" => &[
+            (1, "resourceAttributes", F::Msg("ResourceAttributes")),
+            (2, "nonResourceAttributes", F::Msg("NonResourceAttributes")),
+            (3, "user", F::Str),
+            (4, "groups", F::RepStr),
+            (6, "uid", F::Str),
+        ],
+        "SelfSubjectRulesReviewSpec" => &[(1, "namespace", F::Str)],
+        "SelfSubjectReview" => &[(1, "metadata", F::Msg("ObjectMeta")), (2, "status", F::Skip)],
+        "ResourceAttributes" => &[
+            (1, "namespace", F::Str),
+            (2, "verb", F::Str),
+            (3, "group", F::Str),
+            (4, "version", F::Str),
+            (5, "resource", F::Str),
+            (6, "subresource", F::Str),
+            (7, "name", F::Str),
+        ],
+        "NonResourceAttributes" => &[(1, "path", F::Str), (2, "verb", F::Str)],
         _ => &[],
     }
 }
@@ -435,10 +491,29 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtoError> {
     }
     match kind.as_str() {
         "ConfigMap" | "Secret" | "Namespace" if api_version == "v1" => message(&kind, &api_version, raw),
-        "Deployment" | "Job" | "CronJob" | "ServiceAccount"
+        "Deployment"
+        | "Job"
+        | "CronJob"
+        | "ServiceAccount"
+        | "Role"
+        | "ClusterRole"
+        | "RoleBinding"
+        | "ClusterRoleBinding"
+        | "SelfSubjectAccessReview"
+        | "SubjectAccessReview"
+        | "SelfSubjectRulesReview"
+        | "SelfSubjectReview"
             if matches!(
                 (kind.as_str(), api_version.as_str()),
-                ("Deployment", "apps/v1") | ("Job" | "CronJob", "batch/v1") | ("ServiceAccount", "v1")
+                ("Deployment", "apps/v1")
+                    | ("Job" | "CronJob", "batch/v1")
+                    | ("ServiceAccount", "v1")
+                    | ("Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding", "rbac.authorization.k8s.io/v1")
+                    | (
+                        "SelfSubjectAccessReview" | "SubjectAccessReview" | "SelfSubjectRulesReview",
+                        "authorization.k8s.io/v1"
+                    )
+                    | ("SelfSubjectReview", "authentication.k8s.io/v1")
             ) =>
         {
             let mut v = schema_message(&kind, raw, 0)?;

@@ -52,13 +52,27 @@ impl ResourceDef {
     }
     /// Verbs advertised in discovery.
     pub fn verbs(&self) -> &'static [&'static str] {
+        if matches!(self.group, AUTHZ | AUTHN) {
+            // Access and identity reviews are answered, never stored.
+            return &["create"];
+        }
         &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
     }
     /// Whether `spec` changes bump metadata.generation (everything with a spec, plus none else).
     pub fn has_generation(&self) -> bool {
         !matches!(
             self.plural,
-            "configmaps" | "secrets" | "events" | "endpoints" | "serviceaccounts" | "endpointslices" | "leases"
+            "configmaps"
+                | "secrets"
+                | "events"
+                | "endpoints"
+                | "serviceaccounts"
+                | "endpointslices"
+                | "leases"
+                | "roles"
+                | "clusterroles"
+                | "rolebindings"
+                | "clusterrolebindings"
         )
     }
 }
@@ -123,10 +137,55 @@ pub static RESOURCES: &[ResourceDef] = &[
     r("batch", "v1", "cronjobs", "cronjob", "CronJob", true, &["cj"], ALL, &["status"], false),
     r("discovery.k8s.io", "v1", "endpointslices", "endpointslice", "EndpointSlice", true, NONE, NONE, NONE, false),
     r("coordination.k8s.io", "v1", "leases", "lease", "Lease", true, NONE, NONE, NONE, false),
+    r(RBAC, "v1", "clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding", false, NONE, NONE, NONE, false),
+    r(RBAC, "v1", "clusterroles", "clusterrole", "ClusterRole", false, NONE, NONE, NONE, false),
+    r(RBAC, "v1", "rolebindings", "rolebinding", "RoleBinding", true, NONE, NONE, NONE, false),
+    r(RBAC, "v1", "roles", "role", "Role", true, NONE, NONE, NONE, false),
+    r(
+        AUTHZ,
+        "v1",
+        "selfsubjectaccessreviews",
+        "selfsubjectaccessreview",
+        "SelfSubjectAccessReview",
+        false,
+        NONE,
+        NONE,
+        NONE,
+        false,
+    ),
+    r(
+        AUTHZ,
+        "v1",
+        "selfsubjectrulesreviews",
+        "selfsubjectrulesreview",
+        "SelfSubjectRulesReview",
+        false,
+        NONE,
+        NONE,
+        NONE,
+        false,
+    ),
+    r(
+        AUTHZ,
+        "v1",
+        "subjectaccessreviews",
+        "subjectaccessreview",
+        "SubjectAccessReview",
+        false,
+        NONE,
+        NONE,
+        NONE,
+        false,
+    ),
+    r(AUTHN, "v1", "selfsubjectreviews", "selfsubjectreview", "SelfSubjectReview", false, NONE, NONE, NONE, false),
 ];
 
+const RBAC: &str = "rbac.authorization.k8s.io";
+const AUTHZ: &str = "authorization.k8s.io";
+const AUTHN: &str = "authentication.k8s.io";
+
 /// Served API groups in discovery order (core group is "").
-pub static GROUPS: &[&str] = &["", "apps", "batch", "discovery.k8s.io", "coordination.k8s.io"];
+pub static GROUPS: &[&str] = &["", "apps", "batch", "discovery.k8s.io", "coordination.k8s.io", RBAC, AUTHZ, AUTHN];
 
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceDef> {
     RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)

@@ -37,6 +37,8 @@ pub struct Server {
     pub api: Arc<Api>,
     pub tokens: HashMap<String, UserInfo>,
     pub server_address: String,
+    /// RBAC decisions (see [`crate::rbac`]).
+    pub authz: Arc<crate::rbac::Authorizer>,
 }
 
 fn full(bytes: impl Into<Bytes>) -> Body {
@@ -206,7 +208,7 @@ fn write_opts(q: &HashMap<String, String>, headers: &HeaderMap) -> Result<WriteO
     if manager.len() > 128 {
         return Err(ApiError::bad_request("fieldManager must not be longer than 128 characters"));
     }
-    Ok(WriteOpts { field_validation: fv, dry_run, field_manager: manager, apply: false })
+    Ok(WriteOpts { field_validation: fv, dry_run, field_manager: manager, apply: false, admit: None })
 }
 
 fn list_opts(res: &ResourceDef, q: &HashMap<String, String>) -> Result<ListOpts, ApiError> {
@@ -298,9 +300,22 @@ impl Server {
             || path.starts_with("/healthz/")
             || path.starts_with("/livez/")
             || path.starts_with("/readyz/");
-        let user = self.authenticate(req.headers(), cert_user.as_ref());
+        let mut user = self.authenticate(req.headers(), cert_user.as_ref());
         if user.is_none() && !public {
             return error_response(&ApiError::Unauthorized);
+        }
+        // Authorize before anything else (the body is not read yet); the user travels with the
+        // request for the review APIs and the escalation check.
+        let mut req = req;
+        if let Some(u) = &mut user {
+            crate::authz::implied_groups(&u.name, &mut u.groups);
+            let q = parse_query(req.uri().query());
+            let attrs = crate::authz::request_attributes(&u.name, &u.groups, method.as_str(), &path, &q);
+            if !self.authz.authorize(&attrs).allowed {
+                tracing::debug!(user = u.name, verb = attrs.verb, path, "forbidden");
+                return error_response(&attrs.forbidden());
+            }
+            req.extensions_mut().insert(u.clone());
         }
         let resp = match self.route(req).await {
             Ok(r) => r,
@@ -386,6 +401,28 @@ impl Server {
         let api = &self.api;
         let res = t.res;
         let ns = t.ns.as_deref();
+        let user = parts.extensions.get::<UserInfo>().cloned();
+        if crate::rbac::is_review(res) {
+            let (true, None, None, Some(user)) = (parts.method == Method::POST, &t.name, &t.sub, user) else {
+                return Err(ApiError::MethodNotAllowed);
+            };
+            let body = read_body(body).await?;
+            let opts = write_opts(&q, &headers)?;
+            let obj = objects::decode_body(&content_type(&headers), &body)?;
+            let (obj, warnings) = objects::check_schema(res.kind, obj, opts.field_validation)?;
+            let out = crate::rbac::review(&self.authz, res, &user, obj)?;
+            return Ok(json_response(StatusCode::CREATED, &out, &warnings));
+        }
+        // Roles and bindings are admitted only without privilege escalation (see rbac::Authorizer::admit).
+        let admit = user.filter(|_| res.group == crate::authz::RBAC_GROUP).map(|u| {
+            let authz = self.authz.clone();
+            crate::api::Admit(Arc::new(move |r: &ResourceDef, new: &Value, old: Option<&Value>| {
+                authz.admit(&u, r, new, old)
+            }))
+        });
+        let write_opts = |q: &HashMap<String, String>, h: &HeaderMap| -> Result<WriteOpts, ApiError> {
+            Ok(WriteOpts { admit: admit.clone(), ..write_opts(q, h)? })
+        };
         if t.sub.as_deref().is_some_and(|s| matches!(s, "log" | "exec" | "portforward")) {
             return Err(ApiError::ServiceUnavailable {
                 message: format!(

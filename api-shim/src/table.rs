@@ -216,6 +216,15 @@ pub fn columns(kind: &str) -> Vec<Value> {
             age,
         ],
         "Lease" => vec![name, col("Holder", "string", 0, "The holder of the lease"), age],
+        "Role" | "ClusterRole" => vec![name, col("Created At", "date", 0, "Time when the role was created.")],
+        "RoleBinding" | "ClusterRoleBinding" => vec![
+            name,
+            col("Role", "string", 0, "Role references the role that this binding grants."),
+            age,
+            col("Users", "string", 1, "Users in the binding."),
+            col("Groups", "string", 1, "Groups in the binding."),
+            col("ServiceAccounts", "string", 1, "ServiceAccounts in the binding."),
+        ],
         _ => vec![name, age],
     }
 }
@@ -479,6 +488,25 @@ pub fn cells(kind: &str, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
             json!(created),
         ],
         "Lease" => vec![name, json!(s(obj, "/spec/holderIdentity")), json!(created)],
+        "Role" | "ClusterRole" => vec![name, json!(s(obj, "/metadata/creationTimestamp"))],
+        "RoleBinding" | "ClusterRoleBinding" => {
+            let subjects = |kind: &str| {
+                let names: Vec<String> = obj
+                    .get("subjects")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter(|x| s(x, "/kind") == kind)
+                    .map(|x| match s(x, "/namespace") {
+                        ns if !ns.is_empty() && kind == "ServiceAccount" => format!("{ns}/{}", s(x, "/name")),
+                        _ => s(x, "/name").to_string(),
+                    })
+                    .collect();
+                json!(names.join(", "))
+            };
+            let role = format!("{}/{}", s(obj, "/roleRef/kind"), s(obj, "/roleRef/name"));
+            vec![name, json!(role), json!(created), subjects("User"), subjects("Group"), subjects("ServiceAccount")]
+        }
         _ => vec![name, json!(created)],
     }
 }

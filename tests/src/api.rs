@@ -67,6 +67,24 @@ impl ApiServer {
         Ok(ApiServer { child, dir: dir.to_path_buf(), _tmp: None, port })
     }
 
+    /// Starts a server whose static token file holds, besides a random admin token (group
+    /// `system:masters`), one line per `(token, user, groups)`. The file is written before the
+    /// first start; the server keeps an existing token file.
+    pub fn start_with_users(users: &[(&str, &str, &[&str])], extra: &[&str]) -> anyhow::Result<Self> {
+        let tmp = tempfile::Builder::new().prefix("keelson-api").tempdir()?;
+        write_token_file(tmp.path(), users)?;
+        let mut s = Self::start_in(tmp.path(), 0, extra)?;
+        s._tmp = Some(tmp);
+        Ok(s)
+    }
+
+    /// Runs kubectl as the user owning `token` (the admin kubeconfig's cluster, `--token` override).
+    pub fn kubectl_as(&self, version: &str, token: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        let mut full = vec!["--token", token];
+        full.extend_from_slice(args);
+        self.kubectl_output(version, &full)
+    }
+
     pub fn kubeconfig(&self) -> PathBuf {
         self.dir.join("admin.kubeconfig")
     }
@@ -142,6 +160,20 @@ impl Drop for ApiServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Writes `dir/tokens.csv` (kube-apiserver's static token format) with a random admin token in
+/// `system:masters` and the given `(token, user, groups)` lines.
+pub fn write_token_file(dir: &Path, users: &[(&str, &str, &[&str])]) -> anyhow::Result<()> {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let admin = format!("admin{:x}{nanos:x}", std::process::id());
+    let mut text = format!("{admin},admin,admin,\"system:masters\"\n");
+    for (token, user, groups) in users {
+        text.push_str(&format!("{token},{user},{user}-uid,\"{}\"\n", groups.join(",")));
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("tokens.csv"), text)?;
+    Ok(())
 }
 
 /// Applies YAML from a string through a temp file.
