@@ -166,6 +166,25 @@ fn flow(v: &str) {
     assert_eq!(sec["data"]["pw"], "czNjcmV0");
     assert_eq!(sec["type"], "Opaque");
 
+    // Validation answers 422 with every cause and its field path, as kube-apiserver words it.
+    let bad = write_manifest(
+        &dir,
+        "bad-cj.yaml",
+        "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: bad}\nspec:\n  schedule: '61 * * * *'\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          restartPolicy: Always\n          containers: [{name: c, image: busybox, env: [{name: 'A=B', value: x}]}]\n",
+    )
+    .expect("manifest");
+    let out = s.kubectl_output(v, &["apply", "-f", bad.to_str().expect("utf8")]).expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "invalid CronJob accepted");
+    for want in [
+        "The CronJob \"bad\" is invalid",
+        "spec.schedule: Invalid value: \"61 * * * *\": unparseable schedule",
+        "spec.jobTemplate.spec.template.spec.restartPolicy: Unsupported value: \"Always\"",
+        "spec.jobTemplate.spec.template.spec.containers[0].env[0].name: Invalid value: \"A=B\"",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in {err}");
+    }
+
     // The generators (protobuf bodies from kubectl >= 1.32).
     k(&["create", "deployment", "gen", "--image=nginx:1.27", "--replicas=3", "--port=8080"]);
     let d = json(&k(&["get", "deploy", "gen", "-o", "json"]));
