@@ -22,6 +22,9 @@ use crate::error::ApiError;
 pub const MASTERS: &str = "system:masters";
 /// The group every authenticated user is in.
 pub const AUTHENTICATED: &str = "system:authenticated";
+/// The user and group of requests without credentials (they may only reach public paths).
+pub const ANONYMOUS: &str = "system:anonymous";
+pub const UNAUTHENTICATED: &str = "system:unauthenticated";
 /// The API group of roles and bindings.
 pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 

@@ -489,13 +489,15 @@ pub fn bootstrap_objects() -> Vec<(&'static str, Value)> {
         )
     };
     let urls = |paths: &[&str]| vec![json!({"verbs": ["get"], "nonResourceURLs": paths})];
-    let binding = |name: &str, role: &str, group: &str| {
+    let binding = |name: &str, role: &str, groups: &[&str]| {
+        let subjects: Vec<Value> =
+            groups.iter().map(|g| json!({"apiGroup": RBAC_GROUP, "kind": "Group", "name": g})).collect();
         (
             "clusterrolebindings",
             json!({
                 "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": meta(name),
                 "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": role},
-                "subjects": [{"apiGroup": RBAC_GROUP, "kind": "Group", "name": group}],
+                "subjects": subjects,
             }),
         )
     };
@@ -534,10 +536,14 @@ pub fn bootstrap_objects() -> Vec<(&'static str, Value)> {
                 rule(&["create"], &["authentication.k8s.io"], &["selfsubjectreviews"]),
             ],
         ),
-        binding("cluster-admin", "cluster-admin", MASTERS),
-        binding("system:discovery", "system:discovery", authz::AUTHENTICATED),
-        binding("system:basic-user", "system:basic-user", authz::AUTHENTICATED),
-        binding("system:public-info-viewer", "system:public-info-viewer", authz::AUTHENTICATED),
+        binding("cluster-admin", "cluster-admin", &[MASTERS]),
+        binding("system:discovery", "system:discovery", &[authz::AUTHENTICATED]),
+        binding("system:basic-user", "system:basic-user", &[authz::AUTHENTICATED]),
+        binding(
+            "system:public-info-viewer",
+            "system:public-info-viewer",
+            &[authz::AUTHENTICATED, authz::UNAUTHENTICATED],
+        ),
     ]
 }
 
@@ -776,6 +782,31 @@ mod tests {
         a.admit(&alice, res("rolebindings"), &bind("view"), None).unwrap();
         assert_eq!(a.admit(&alice, res("rolebindings"), &bind("edit"), None).unwrap_err().code(), 403);
         assert_eq!(a.admit(&alice, res("rolebindings"), &bind("missing"), None).unwrap_err().code(), 404);
+        // An unchanged rule set is no new grant (metadata-only updates pass).
+        let mut relabelled = role.clone();
+        relabelled["metadata"]["labels"] = json!({"a": "b"});
+        a.admit(&alice, res("roles"), &relabelled, Some(&role)).unwrap();
+        // The `escalate` verb on roles and `bind` on one cluster role lift the checks, as upstream.
+        a.apply(
+            "clusterroles",
+            &json!({"metadata": {"name": "lift"}, "rules": [
+                rule(&["escalate"], &[RBAC_GROUP], &["roles"]),
+                {"verbs": ["bind"], "apiGroups": [RBAC_GROUP], "resources": ["clusterroles"], "resourceNames": ["edit"]},
+            ]}),
+            true,
+        );
+        a.apply(
+            "rolebindings",
+            &json!({"metadata": {"namespace": "t", "name": "l"}, "roleRef": {"kind": "ClusterRole", "name": "lift"}, "subjects": [{"kind": "User", "name": "alice"}]}),
+            true,
+        );
+        a.admit(&alice, res("roles"), &role, None).unwrap();
+        a.admit(&alice, res("rolebindings"), &bind("edit"), None).unwrap();
+        assert_eq!(a.admit(&alice, res("rolebindings"), &bind("admin"), None).unwrap_err().code(), 403);
+        // The grant is namespaced: a ClusterRole with the same rules is still escalation.
+        let mut cluster_role = role.clone();
+        cluster_role["metadata"] = json!({"name": "cr"});
+        assert_eq!(a.admit(&alice, res("clusterroles"), &cluster_role, None).unwrap_err().code(), 403);
     }
 
     #[test]

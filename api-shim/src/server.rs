@@ -316,6 +316,15 @@ impl Server {
                 return error_response(&attrs.forbidden());
             }
             req.extensions_mut().insert(u.clone());
+        } else {
+            // Health and version paths without credentials: the anonymous user, allowed through
+            // the `system:public-info-viewer` binding to `system:unauthenticated` (as upstream).
+            let groups = [crate::authz::UNAUTHENTICATED.to_string()];
+            let q = parse_query(req.uri().query());
+            let attrs = crate::authz::request_attributes(crate::authz::ANONYMOUS, &groups, method.as_str(), &path, &q);
+            if !self.authz.authorize(&attrs).allowed {
+                return error_response(&attrs.forbidden());
+            }
         }
         let resp = match self.route(req).await {
             Ok(r) => r,

@@ -132,6 +132,16 @@ fn unprivileged_users_are_forbidden_until_bound() {
         out.ends_with("\n403") && out.contains(r#"forbidden: User \"alice\" cannot get path \"/metrics\""#),
         "{out}"
     );
+    // Without credentials only the public-info paths are open (system:public-info-viewer).
+    let anon = s.curl(&[&s.url("/healthz")]).expect("curl");
+    assert!(anon.ends_with("\n200"), "{anon}");
+    let anon = s.curl(&[&s.url("/healthz/ping")]).expect("curl");
+    assert!(
+        anon.ends_with("\n403")
+            && anon.contains(r#"forbidden: User \"system:anonymous\" cannot get path \"/healthz/ping\""#),
+        "{anon}"
+    );
+    assert!(s.curl(&[&s.url("/api")]).expect("curl").ends_with("\n401"));
     // Discovery, version and health stay readable for every authenticated user (bootstrap policy).
     for path in ["/api", "/apis", "/version", "/healthz", "/openapi/v3"] {
         let out = s.curl(&["-H", &auth, &s.url(path)]).expect("curl");
