@@ -241,17 +241,20 @@ fn resource_paths(r: &ResourceDef, kind_schema: &str, paths: &mut Map<String, Va
     let mut item_params = scope_params.clone();
     item_params.insert(0, param("name", "path", &format!("name of the {}", r.kind)));
 
+    let list_op = |id: String| {
+        Op {
+            id,
+            action: "list",
+            gvk: &this_gvk,
+            params: list_params(),
+            body: None,
+            response: list.clone(),
+            codes: &["200"],
+        }
+        .render(&tag)
+    };
     let mut coll_ops = json!({"parameters": scope_params});
-    coll_ops["get"] = Op {
-        id: id("list", ""),
-        action: "list",
-        gvk: &this_gvk,
-        params: list_params(),
-        body: None,
-        response: list.clone(),
-        codes: &["200"],
-    }
-    .render(&tag);
+    coll_ops["get"] = list_op(id("list", ""));
     coll_ops["post"] = Op {
         id: id("create", ""),
         action: "post",
@@ -282,17 +285,7 @@ fn resource_paths(r: &ResourceDef, kind_schema: &str, paths: &mut Map<String, Va
 
     if r.namespaced {
         let all = format!("{base}/{}", r.plural);
-        let get = Op {
-            id: format!("list{gc}{v}{}ForAllNamespaces", r.kind),
-            action: "list",
-            gvk: &this_gvk,
-            params: list_params(),
-            body: None,
-            response: list.clone(),
-            codes: &["200"],
-        }
-        .render(&tag);
-        paths.insert(all, json!({"get": get}));
+        paths.insert(all, json!({"get": list_op(format!("list{gc}{v}{}ForAllNamespaces", r.kind))}));
     }
 
     let item_ops = |suffix: &str, action_gvk: &Value, schema: &Value, delete: bool| {

@@ -150,6 +150,19 @@ fn is_iana_svc_name(n: &str) -> bool {
         && !n.contains("--")
 }
 
+/// Port names (container or Service ports under `path`): optional, valid per `valid`, unique.
+fn port_names(owner: &Value, path: &str, valid: fn(&str) -> bool, invalid: &str, causes: &mut Vec<Cause>) {
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, p) in arr(owner, "ports") {
+        let Some(name) = s(p, "name").filter(|n| !n.is_empty()) else { continue };
+        if !valid(name) {
+            causes.push(Cause::invalid(format!("{path}.ports[{i}].name"), name, invalid));
+        } else if !seen.insert(name) {
+            causes.push(Cause::duplicate(format!("{path}.ports[{i}].name"), name));
+        }
+    }
+}
+
 fn probe(p: &Value, path: &str, liveness_or_startup: bool, causes: &mut Vec<Cause>) {
     let handlers = ["exec", "httpGet", "tcpSocket", "grpc"].iter().filter(|h| p.get(**h).is_some()).count();
     match handlers {
@@ -205,19 +218,14 @@ fn container(c: &Value, cp: &str, volumes: &[&str], is_init: bool, causes: &mut 
             ));
         }
     }
-    let mut port_names = std::collections::BTreeSet::new();
+    port_names(
+        c,
+        cp,
+        is_iana_svc_name,
+        "must be no more than 15 characters, contain only lowercase alphanumerics and '-', and at least one letter",
+        causes,
+    );
     for (j, p) in arr(c, "ports") {
-        if let Some(name) = s(p, "name") {
-            if !is_iana_svc_name(name) {
-                causes.push(Cause::invalid(
-                    format!("{cp}.ports[{j}].name"),
-                    name,
-                    "must be no more than 15 characters, contain only lowercase alphanumerics and '-', and at least one letter",
-                ));
-            } else if !port_names.insert(name) {
-                causes.push(Cause::duplicate(format!("{cp}.ports[{j}].name"), name));
-            }
-        }
         if let Some(hp) = p.get("hostPort").and_then(Value::as_i64)
             && hp != 0
             && !(1..=65535).contains(&hp)
@@ -584,19 +592,14 @@ fn service(spec: &Value, causes: &mut Vec<Cause>) {
     }
     one_of(spec, "externalTrafficPolicy", "spec", &["Cluster", "Local"], causes);
     one_of(spec, "internalTrafficPolicy", "spec", &["Cluster", "Local"], causes);
-    let mut names = std::collections::BTreeSet::new();
+    port_names(
+        spec,
+        "spec",
+        is_dns_label,
+        "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-'",
+        causes,
+    );
     for (i, p) in arr(spec, "ports") {
-        if let Some(name) = s(p, "name").filter(|n| !n.is_empty()) {
-            if !is_dns_label(name) {
-                causes.push(Cause::invalid(
-                    format!("spec.ports[{i}].name"),
-                    name,
-                    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-'",
-                ));
-            } else if !names.insert(name) {
-                causes.push(Cause::duplicate(format!("spec.ports[{i}].name"), name));
-            }
-        }
         match p.get("targetPort") {
             // 0 means "same as port" (defaulting fills it in when absent).
             Some(Value::Number(n)) if !n.as_i64().is_some_and(|n| n == 0 || (1..=65535).contains(&n)) => {
