@@ -150,6 +150,16 @@ fn is_iana_svc_name(n: &str) -> bool {
         && !n.contains("--")
 }
 
+/// A port number that may be left 0 (unset, or allocated by the server).
+fn optional_port(v: &Value, key: &str, path: &str, causes: &mut Vec<Cause>) {
+    if let Some(n) = v.get(key).and_then(Value::as_i64)
+        && n != 0
+        && !(1..=65535).contains(&n)
+    {
+        causes.push(Cause::invalid(join(path, key), n, "must be between 1 and 65535, inclusive"));
+    }
+}
+
 /// Port names (container or Service ports under `path`): optional, valid per `valid`, unique.
 fn port_names(owner: &Value, path: &str, valid: fn(&str) -> bool, invalid: &str, causes: &mut Vec<Cause>) {
     let mut seen = std::collections::BTreeSet::new();
@@ -226,16 +236,7 @@ fn container(c: &Value, cp: &str, volumes: &[&str], is_init: bool, causes: &mut 
         causes,
     );
     for (j, p) in arr(c, "ports") {
-        if let Some(hp) = p.get("hostPort").and_then(Value::as_i64)
-            && hp != 0
-            && !(1..=65535).contains(&hp)
-        {
-            causes.push(Cause::invalid(
-                format!("{cp}.ports[{j}].hostPort"),
-                hp,
-                "must be between 1 and 65535, inclusive",
-            ));
-        }
+        optional_port(p, "hostPort", &format!("{cp}.ports[{j}]"), causes);
     }
     let mut mount_paths = std::collections::BTreeSet::new();
     for (j, m) in arr(c, "volumeMounts") {
@@ -618,16 +619,7 @@ fn service(spec: &Value, causes: &mut Vec<Cause>) {
             }
             _ => {}
         }
-        if let Some(np) = p.get("nodePort").and_then(Value::as_i64)
-            && np != 0
-            && !(1..=65535).contains(&np)
-        {
-            causes.push(Cause::invalid(
-                format!("spec.ports[{i}].nodePort"),
-                np,
-                "must be between 1 and 65535, inclusive",
-            ));
-        }
+        optional_port(p, "nodePort", &format!("spec.ports[{i}]"), causes);
     }
     if let Some(Value::Object(sel)) = spec.get("selector") {
         for k in sel.keys() {
