@@ -2,7 +2,8 @@
 //!
 //! `keelson-apiserver` serves the core, apps, batch, discovery.k8s.io and coordination.k8s.io
 //! resources that unmodified kubectl, kube-rs and the official Python client need: HTTPS with
-//! token and client-certificate auth, discovery (legacy and aggregated), OpenAPI v3 for
+//! token and client-certificate auth, RBAC authorization (see [`authz`] and [`rbac`]),
+//! discovery (legacy and aggregated), OpenAPI v3 for
 //! server-side field validation, list/watch with real resourceVersion semantics, all patch
 //! types including server-side apply, validation with field causes, Table output, and storage in
 //! an embedded SQLite log (default) or etcd v3. Controllers and the scheduler live elsewhere.
