@@ -8,6 +8,8 @@ pub mod datapath;
 pub mod ebpf;
 pub mod model;
 pub mod nft;
+#[cfg(test)]
+mod test_fixtures;
 
 pub use model::{
     Backend, Change, Frontend, FrontendAddr, FrontendKey, FrontendKind, ModelConfig, NodeInfo, Protocol, ServiceTable,

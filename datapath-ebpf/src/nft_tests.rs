@@ -3,34 +3,19 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
-use crate::model::{ModelConfig, NodeInfo, Protocol};
+use crate::model::{NodeInfo, Protocol};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::json;
 
+use crate::test_fixtures::{slice, svc, table_on};
+
 fn node() -> NodeInfo {
-    NodeInfo { name: "n1".into(), ips: vec!["192.168.1.1".parse().unwrap()] }
-}
-
-fn svc(name: &str, ip: &str, extra: Value) -> Service {
-    let mut spec = json!({"clusterIP": ip, "ports": [{"name": "http", "port": 80, "nodePort": 30000 + ip.rsplit('.').next().unwrap().parse::<u32>().unwrap()}]});
-    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
-        s.extend(e.clone());
-    }
-    serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default"}, "spec": spec})).unwrap()
-}
-
-fn slice(name: &str, eps: &[(&str, &str)]) -> EndpointSlice {
-    let endpoints: Vec<Value> = eps.iter().map(|(ip, n)| json!({"addresses": [ip], "nodeName": n})).collect();
-    serde_json::from_value(json!({
-        "metadata": {"name": format!("{name}-x"), "namespace": "default",
-                     "labels": {"kubernetes.io/service-name": name}},
-        "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}], "endpoints": endpoints}))
-    .unwrap()
+    crate::test_fixtures::node(&["192.168.1.1"])
 }
 
 fn table(svcs: &[Service], slices: &[EndpointSlice]) -> ServiceTable {
-    ServiceTable::build(svcs, slices, &node(), &ModelConfig::default())
+    table_on(&node(), svcs, slices)
 }
 
 fn small() -> ServiceTable {
