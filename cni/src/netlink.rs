@@ -401,6 +401,18 @@ mod real {
         l
     }
 
+    /// The 6-byte link-layer address of a neighbour/FDB message.
+    fn lladdr(m: &NeighbourMessage) -> Option<[u8; 6]> {
+        m.attributes.iter().find_map(|a| match a {
+            NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(l);
+                Some(mac)
+            }
+            _ => None,
+        })
+    }
+
     fn parse_route(m: &RouteMessage) -> Option<Route> {
         if m.header.address_family != AddressFamily::Inet
             || m.header.table != RouteHeader::RT_TABLE_MAIN
@@ -604,14 +616,7 @@ mod real {
                         NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
                         _ => None,
                     })?;
-                    let mac = m.attributes.iter().find_map(|a| match a {
-                        NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
-                            let mut m = [0u8; 6];
-                            m.copy_from_slice(l);
-                            Some(m)
-                        }
-                        _ => None,
-                    })?;
+                    let mac = lladdr(m)?;
                     Some(Neighbour { ip, mac })
                 })
                 .collect())
@@ -664,14 +669,7 @@ mod real {
                         }
                         _ => None,
                     })?;
-                    let mac = m.attributes.iter().find_map(|a| match a {
-                        NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
-                            let mut m = [0u8; 6];
-                            m.copy_from_slice(l);
-                            Some(m)
-                        }
-                        _ => None,
-                    })?;
+                    let mac = lladdr(m)?;
                     Some(FdbEntry { mac, dst })
                 })
                 .collect())
