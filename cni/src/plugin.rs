@@ -138,6 +138,18 @@ fn ipam_err(e: IpamError) -> CniError {
 /// Opens a [`Netlink`] inside a pod's namespace.
 pub type PodOpener<'a> = &'a dyn Fn(&Path) -> Result<Box<dyn Netlink>, NetlinkError>;
 
+/// Opens the pod's netns; a path that does not exist is the spec's "container unknown".
+fn open_existing(netns: &Path, open_pod: PodOpener<'_>) -> Result<Box<dyn Netlink>, CniError> {
+    if !netns.exists() {
+        return Err(CniError::new(
+            code::CONTAINER_UNKNOWN,
+            "network namespace does not exist",
+            netns.display().to_string(),
+        ));
+    }
+    open_pod(netns).map_err(|e| nl_err("open pod netns", e))
+}
+
 /// Ensures the node bridge exists, is a bridge, is up, has the gateway address; returns it.
 pub fn ensure_bridge(node: &mut dyn Netlink, s: &Settings) -> Result<LinkInfo, CniError> {
     let br = match node.link(&s.bridge).map_err(|e| nl_err("look up bridge", e))? {
@@ -198,14 +210,7 @@ pub fn cmd_add(
         .netns
         .clone()
         .ok_or_else(|| CniError::new(code::INVALID_ENV, "CNI_NETNS is required", "ADD needs a netns"))?;
-    if !netns.exists() {
-        return Err(CniError::new(
-            code::CONTAINER_UNKNOWN,
-            "network namespace does not exist",
-            netns.display().to_string(),
-        ));
-    }
-    let mut pod = open_pod(&netns).map_err(|e| nl_err("open pod netns", e))?;
+    let mut pod = open_existing(&netns, open_pod)?;
     if pod.link(&env.ifname).map_err(|e| nl_err("look up pod interface", e))?.is_some() {
         return Err(CniError::new(
             code::INTERFACE_EXISTS,
@@ -407,14 +412,7 @@ pub fn cmd_check(conf: &NetConf, env: &Env, node: &mut dyn Netlink, open_pod: Po
     let prev = CniResult::from_prev(prev)?;
     let fail = |what: String| Err(CniError::new(code::CHECK_FAILED, "attachment does not match prevResult", what));
     let netns = env.netns.clone().unwrap_or_default();
-    if !netns.exists() {
-        return Err(CniError::new(
-            code::CONTAINER_UNKNOWN,
-            "network namespace does not exist",
-            netns.display().to_string(),
-        ));
-    }
-    let mut pod = open_pod(&netns).map_err(|e| nl_err("open pod netns", e))?;
+    let mut pod = open_existing(&netns, open_pod)?;
     let Some(pl) = pod.link(&env.ifname).map_err(|e| nl_err("look up pod interface", e))? else {
         return fail(format!("{} missing in {}", env.ifname, netns.display()));
     };
