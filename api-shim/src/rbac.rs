@@ -547,34 +547,48 @@ pub fn bootstrap_objects() -> Vec<(&'static str, Value)> {
     ]
 }
 
-/// Creates the bootstrap policy; objects marked for auto-update get missing rules and subjects back.
+/// `cur` with the rules and subjects of `want` it lacks, if it is marked for auto-update and lacks any.
+fn reconciled(cur: &Value, want: &Value) -> Option<Value> {
+    let auto = cur.pointer("/metadata/annotations/rbac.authorization.kubernetes.io~1autoupdate");
+    if auto.and_then(Value::as_str) != Some("true") {
+        return None;
+    }
+    let mut n = cur.clone();
+    let mut changed = false;
+    for field in ["rules", "subjects"] {
+        let Some(want) = want.get(field).and_then(Value::as_array) else { continue };
+        let have = n.get(field).and_then(Value::as_array).cloned().unwrap_or_default();
+        let missing: Vec<Value> = want.iter().filter(|w| !have.contains(w)).cloned().collect();
+        if !missing.is_empty() {
+            n[field] = Value::Array(have.into_iter().chain(missing).collect());
+            changed = true;
+        }
+    }
+    changed.then_some(n)
+}
+
+/// Creates the bootstrap policy; objects marked for auto-update get missing rules and subjects
+/// back. Writes nothing when the policy is already in place (restarts do not touch it).
 pub async fn ensure_bootstrap(api: &Arc<Api>) -> Result<(), ApiError> {
     let opts = WriteOpts { field_validation: FieldValidation::Strict, ..Default::default() };
     for (plural, obj) in bootstrap_objects() {
         let res = resources::find(RBAC_GROUP, "v1", plural).ok_or(ApiError::NoRoute)?;
         let name = key_of(&obj).1;
-        match api.create(res, None, obj.clone(), &opts).await {
-            Ok(_) => continue,
-            Err(ApiError::AlreadyExists { .. }) => {}
+        let cur = match api.get(res, None, &name).await {
+            Ok(cur) => cur,
+            Err(ApiError::NotFound { .. }) => match api.create(res, None, obj.clone(), &opts).await {
+                // Another apiserver on the same etcd may have been quicker; its copy is ours.
+                Ok(_) | Err(ApiError::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(e),
+            },
             Err(e) => return Err(e),
+        };
+        if reconciled(&cur, &obj).is_some() {
+            api.update_with(res, None, &name, None, &opts, |cur| {
+                Ok((reconciled(cur, &obj).unwrap_or_else(|| cur.clone()), None))
+            })
+            .await?;
         }
-        api.update_with(res, None, &name, None, &opts, |cur| {
-            let auto = cur.pointer("/metadata/annotations/rbac.authorization.kubernetes.io~1autoupdate");
-            let mut n = cur.clone();
-            if auto.and_then(Value::as_str) != Some("true") {
-                return Ok((n, None));
-            }
-            for field in ["rules", "subjects"] {
-                let Some(want) = obj.get(field).and_then(Value::as_array) else { continue };
-                let have = n.get(field).and_then(Value::as_array).cloned().unwrap_or_default();
-                let missing: Vec<Value> = want.iter().filter(|w| !have.contains(w)).cloned().collect();
-                if !missing.is_empty() {
-                    n[field] = Value::Array(have.into_iter().chain(missing).collect());
-                }
-            }
-            Ok((n, None))
-        })
-        .await?;
     }
     Ok(())
 }
@@ -807,6 +821,20 @@ mod tests {
         let mut cluster_role = role.clone();
         cluster_role["metadata"] = json!({"name": "cr"});
         assert_eq!(a.admit(&alice, res("clusterroles"), &cluster_role, None).unwrap_err().code(), 403);
+    }
+
+    #[test]
+    fn bootstrap_reconcile_adds_only_what_is_missing() {
+        let (_, view) = bootstrap_objects().into_iter().find(|(_, o)| o["metadata"]["name"] == "view").unwrap();
+        assert_eq!(reconciled(&view, &view), None);
+        let mut trimmed = view.clone();
+        trimmed["rules"] = json!([view["rules"][0].clone(), rule(&["get"], &["example.com"], &["widgets"])]);
+        let fixed = reconciled(&trimmed, &view).unwrap();
+        assert_eq!(fixed["rules"].as_array().unwrap().len(), view["rules"].as_array().unwrap().len() + 1);
+        assert_eq!(reconciled(&fixed, &view), None);
+        let mut manual = trimmed.clone();
+        manual["metadata"]["annotations"] = json!({"rbac.authorization.kubernetes.io/autoupdate": "false"});
+        assert_eq!(reconciled(&manual, &view), None);
     }
 
     #[test]

@@ -256,14 +256,17 @@ fn unprivileged_users_are_forbidden_until_bound() {
     admin(&s, &["delete", "rolebinding", "eve-secrets", "-n", "team"]);
     eventually_can(&s, EVE, &["get", "secrets", "-n", "team"], false);
 
-    // Everything survives a restart; the bootstrap policy is not duplicated or reset.
-    let before = admin(&s, &["get", "clusterroles", "-o", "name"]);
+    // Everything survives a restart.
+    // Names and resourceVersions: a restart neither duplicates nor rewrites the bootstrap policy.
+    let versions = ["get", "clusterroles,clusterrolebindings", "-o", "jsonpath={.items[*].metadata.resourceVersion}"];
+    let before = admin(&s, &versions);
+    assert!(before.split_whitespace().count() >= 11, "{before}");
     let (dir, tmp, port) = s.kill9();
     let s = ApiServer::start_in(&dir, port, &[]).expect("restart apiserver");
     let _keep = tmp;
     assert!(can_i(&s, K133, ALICE, &["list", "pods", "-n", "team"]), "binding lost across restart");
     assert!(!can_i(&s, K133, EVE, &["get", "secrets", "-n", "team"]));
-    assert_eq!(admin(&s, &["get", "clusterroles", "-o", "name"]), before);
+    assert_eq!(admin(&s, &versions), before);
     assert!(admin(&s, &["get", "roles", "-n", "team"]).contains("secret-reader"));
 }
 
