@@ -118,10 +118,7 @@ impl Store for EtcdStore {
         limit: usize,
         revision: Option<i64>,
     ) -> Result<ListResult, StoreError> {
-        let start = match start_after {
-            Some(s) if s >= prefix => format!("{s}\u{0}"),
-            _ => prefix.to_string(),
-        };
+        let start = super::range_start(prefix, start_after);
         let mut body = json!({"key": b64(start.as_bytes()), "range_end": b64(prefix_end(prefix).as_bytes())});
         if limit > 0 {
             body["limit"] = json!(limit.to_string());

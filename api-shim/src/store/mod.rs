@@ -121,6 +121,15 @@ pub trait Store: Send + Sync + 'static {
     async fn compact(&self, keep: i64) -> Result<i64, StoreError>;
 }
 
+/// The inclusive lower bound of a list page: just after `start_after` (a continue token's last
+/// key), or the prefix itself.
+pub fn range_start(prefix: &str, start_after: Option<&str>) -> String {
+    match start_after {
+        Some(s) if s >= prefix => format!("{s}\u{0}"),
+        _ => prefix.to_string(),
+    }
+}
+
 /// The exclusive upper bound of a prefix range (`/registry/pods/` → `/registry/pods0`).
 pub fn prefix_end(prefix: &str) -> String {
     let mut bytes = prefix.as_bytes().to_vec();

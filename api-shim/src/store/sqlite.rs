@@ -213,8 +213,8 @@ impl Store for SqliteStore {
         limit: usize,
         revision: Option<i64>,
     ) -> Result<ListResult, StoreError> {
+        let lower = super::range_start(prefix, start_after);
         let prefix = prefix.to_string();
-        let start = start_after.map(str::to_string);
         self.blocking(move |inner| {
             let mut conn = lock(&inner.reader);
             let tx = conn.transaction()?;
@@ -224,10 +224,6 @@ impl Store for SqliteStore {
                 Some(r) if r < compacted => return Err(StoreError::Compacted { requested: r, compacted }),
                 Some(r) => r.min(current),
                 None => current,
-            };
-            let lower = match &start {
-                Some(s) if s.as_str() >= prefix.as_str() => format!("{s}\u{0}"),
-                _ => prefix.clone(),
             };
             let sql_limit: i64 = if limit == 0 { -1 } else { limit as i64 + 1 };
             let mut stmt = tx.prepare_cached(
