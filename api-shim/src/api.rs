@@ -161,6 +161,26 @@ fn to_bytes(obj: &Value) -> Result<Vec<u8>, ApiError> {
     serde_json::to_vec(&o).map_err(ApiError::internal)
 }
 
+/// Whether an update changes nothing but bookkeeping: the resourceVersion (absent from the
+/// candidate) and managedFields timestamps. Such an update is not written, so it neither bumps
+/// the resourceVersion nor wakes watchers (upstream skips no-op updates the same way).
+fn unchanged(old: &Value, new: &Value) -> bool {
+    let normalize = |v: &Value| {
+        let mut v = v.clone();
+        let m = meta_mut(&mut v);
+        m.remove("resourceVersion");
+        if let Some(Value::Array(entries)) = m.get_mut("managedFields") {
+            for e in entries {
+                if let Value::Object(e) = e {
+                    e.remove("time");
+                }
+            }
+        }
+        v
+    };
+    normalize(old) == normalize(new)
+}
+
 fn parse_rv(rv: &str) -> Result<i64, ApiError> {
     rv.parse::<i64>().map_err(|_| ApiError::bad_request(format!("invalid resource version {rv:?}")))
 }
@@ -633,7 +653,9 @@ impl Api {
             }
             let allocated =
                 if res.kind == "Service" { self.allocate_service(&mut new, Some(&old))? } else { Vec::new() };
-            if opts.dry_run || new == old {
+            // A no-op is not written, unless it finalizes a deletion (the sweeper and namespace
+            // deletion drive finished objects out through unchanged updates).
+            if opts.dry_run || (unchanged(&old, &new) && !self.ready_to_delete(res, &new)) {
                 self.release(&allocated);
                 return Ok((if opts.dry_run { new } else { old }, warnings));
             }
@@ -1372,5 +1394,45 @@ fn default_job_selector(obj: &mut Value) {
                 m.insert((*k).into(), json!(v));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::store::sqlite::{SqliteStore, SyncMode};
+
+    #[tokio::test]
+    async fn a_no_op_update_is_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("db"), SyncMode::Normal).unwrap());
+        let api = Arc::new(Api::new(store.clone(), "10.96.0.0/12".parse().unwrap(), Duration::from_secs(5)));
+        let opts = WriteOpts { field_manager: "test".into(), ..Default::default() };
+        let ns = resources::find("", "v1", "namespaces").unwrap();
+        api.create(ns, None, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}), &opts)
+            .await
+            .unwrap();
+        let res = resources::find("", "v1", "configmaps").unwrap();
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "default"}, "data": {"a": "1"}});
+        let (created, _) = api.create(res, Some("default"), cm, &opts).await.unwrap();
+        let rv = created["metadata"]["resourceVersion"].clone();
+        let before = store.current_revision().await.unwrap();
+        // The same object again (as `kubectl replace` or a controller re-asserting state sends it).
+        let (same, _) =
+            api.update_with(res, Some("default"), "c", None, &opts, |cur| Ok((cur.clone(), None))).await.unwrap();
+        assert_eq!(same["metadata"]["resourceVersion"], rv);
+        assert_eq!(store.current_revision().await.unwrap(), before, "nothing written");
+        // A real change is written and bumps the resourceVersion.
+        let (changed, _) = api
+            .update_with(res, Some("default"), "c", None, &opts, |cur| {
+                let mut n = cur.clone();
+                n["data"]["a"] = json!("2");
+                Ok((n, None))
+            })
+            .await
+            .unwrap();
+        assert_ne!(changed["metadata"]["resourceVersion"], rv);
+        assert_eq!(store.current_revision().await.unwrap(), before + 1);
     }
 }

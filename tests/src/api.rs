@@ -114,13 +114,17 @@ impl ApiServer {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Runs kubectl and returns its raw output whatever the exit status.
+    /// Runs kubectl and returns its raw output whatever the exit status (exit 124: it ran for
+    /// more than two minutes and was stopped).
     pub fn kubectl_output(&self, version: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
         let bin = format!("/usr/lib/google-cloud-sdk/bin/kubectl.{version}");
         let kc = self.kubeconfig();
         let mut full: Vec<&str> = vec!["--kubeconfig", kc.to_str().unwrap_or_default()];
         full.extend_from_slice(args);
-        Ok(Command::new(&bin)
+        // A bound on every call: a server bug that makes kubectl wait forever (e.g. a namespace
+        // that never finishes deleting) fails the test instead of hanging CI.
+        Ok(Command::new("timeout")
+            .args(["--kill-after=5", "120", &bin])
             .args(&full)
             .env("HOME", &self.dir)
             .env("KUBECACHEDIR", self.dir.join(format!("kcache-{version}")))
