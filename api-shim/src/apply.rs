@@ -190,6 +190,18 @@ fn path_string(p: &Path) -> String {
     s
 }
 
+/// A keyed list item that occurs twice in a configuration, rendered (`.spec.containers[{"name":"a"}]`).
+/// Ownership of such items is ambiguous (lookup and removal reach only the first), so, as upstream,
+/// an apply configuration must not contain one.
+fn duplicate_key(paths: &[Path]) -> Option<String> {
+    let mut seen = std::collections::HashSet::new();
+    paths
+        .iter()
+        .filter(|p| matches!(p.last(), Some(Step::Key(_))))
+        .map(path_string)
+        .find(|rendered| !seen.insert(rendered.clone()))
+}
+
 /// Fields of `config` an applier owns (identity fields excluded).
 fn owned_paths(config: &Value) -> Vec<Path> {
     let mut out = Vec::new();
@@ -336,6 +348,9 @@ pub async fn server_side_apply(
     }
     let (_, warnings) = objects::check_schema(res.kind, typed.clone(), opts.field_validation)?;
     let mine = owned_paths(&config);
+    if let Some(dup) = duplicate_key(&mine) {
+        return Err(ApiError::bad_request(format!("{dup}: duplicate entries for this key in an apply configuration")));
+    }
     let manager = opts.field_manager.clone();
     let api_version = res.api_version();
     match api.get(res, ns, name).await {
@@ -440,6 +455,50 @@ pub async fn server_side_apply(
     Ok((out, all, false))
 }
 
+/// The field-set machinery above, reachable from the fuzz targets in `api-shim/fuzz`. Not an API:
+/// the fuzzers check that FieldsV1 rendering and parsing, lookup and removal agree.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{Path, Value};
+
+    /// One owned field path (opaque; compare, render, look up, remove).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct FieldPath(Path);
+
+    impl FieldPath {
+        pub fn render(&self) -> String {
+            super::path_string(&self.0)
+        }
+        pub fn is_root(&self) -> bool {
+            self.0.is_empty()
+        }
+        pub fn value_in<'a>(&self, obj: &'a Value) -> Option<&'a Value> {
+            super::value_at(obj, &self.0)
+        }
+        pub fn remove_from(&self, obj: &mut Value) {
+            super::remove_path(obj, &self.0)
+        }
+    }
+
+    /// Why the server rejects `config` as an apply configuration before looking at ownership.
+    pub fn duplicate_key(config: &Value) -> Option<String> {
+        super::duplicate_key(&super::owned_paths(config))
+    }
+
+    /// The fields an applier of `config` owns.
+    pub fn owned_paths(config: &Value) -> Vec<FieldPath> {
+        super::owned_paths(config).into_iter().map(FieldPath).collect()
+    }
+
+    pub fn to_fields_v1(paths: &[FieldPath]) -> Value {
+        super::to_fields_v1(&paths.iter().map(|p| p.0.clone()).collect::<Vec<_>>())
+    }
+
+    pub fn from_fields_v1(fields: &Value) -> Vec<FieldPath> {
+        super::from_fields_v1(fields).into_iter().map(FieldPath).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -476,6 +535,23 @@ mod tests {
             .filter_map(|e| e["manager"].as_str())
             .collect();
         assert_eq!(managers, ["editor"]);
+    }
+
+    #[test]
+    fn duplicate_keyed_items_are_found() {
+        // Found by the apply_patch fuzz target: with two containers named "app", removing or
+        // looking up `containers[{"name":"app"}].image` reaches only the first of them.
+        let dup = json!({"spec": {"containers": [{"name": "app", "image": "a"}, {"name": "app", "image": "b"}]}});
+        assert_eq!(duplicate_key(&owned_paths(&dup)).as_deref(), Some(r#".spec.containers[{"name":"app"}]"#));
+        let env = json!({"spec": {"containers": [{"name": "a", "env": [{"name": "X"}, {"name": "X", "value": "1"}]}]}});
+        assert_eq!(
+            duplicate_key(&owned_paths(&env)).as_deref(),
+            Some(r#".spec.containers[{"name":"a"}].env[{"name":"X"}]"#)
+        );
+        let unique = json!({"spec": {"containers": [{"name": "a", "env": [{"name": "X"}]}, {"name": "b", "env": [{"name": "X"}]}]}});
+        assert_eq!(duplicate_key(&owned_paths(&unique)), None);
+        let primitives = json!({"metadata": {"finalizers": ["f", "f"]}});
+        assert_eq!(duplicate_key(&owned_paths(&primitives)), None);
     }
 
     #[test]

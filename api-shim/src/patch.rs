@@ -19,6 +19,41 @@ pub enum PatchError {
 
 const MAX_PATCH_OPS: usize = 10_000;
 
+/// Bytes (serialized) that the `copy` operations of one JSON patch may duplicate in total. Without
+/// it, a 1 KiB patch of `{"op":"copy","from":"","path":"/l/-"}` doubles the document per operation
+/// (found by the apply_patch fuzz target).
+const MAX_COPIED_BYTES: usize = crate::objects::MAX_BODY;
+
+/// Nesting a JSON patch may create (a document already deeper keeps its depth). Deeper values
+/// could not be decoded again (serde_json stops at 128) and recursive drops could overflow a stack.
+const MAX_JSON_PATCH_DEPTH: usize = 100;
+
+/// Serialized size and nesting depth of `v`, or None once the size exceeds `budget`.
+/// Iterative, and stops early, so a huge or deep value costs at most `budget` steps.
+fn measure(v: &Value, budget: usize) -> Option<(usize, usize)> {
+    let (mut size, mut depth) = (0usize, 0usize);
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        size += match v {
+            Value::Null | Value::Bool(_) | Value::Number(_) => v.to_string().len(),
+            Value::String(s) => s.len() + 2,
+            Value::Array(a) => {
+                stack.extend(a.iter().map(|c| (c, d + 1)));
+                a.len() + 1
+            }
+            Value::Object(m) => {
+                stack.extend(m.values().map(|c| (c, d + 1)));
+                m.keys().map(|k| k.len() + 4).sum::<usize>() + 2
+            }
+        };
+        depth = depth.max(if v.is_array() || v.is_object() { d + 1 } else { d });
+        if size > budget {
+            return None;
+        }
+    }
+    Some((size, depth))
+}
+
 fn unescape(token: &str) -> String {
     token.replace("~1", "/").replace("~0", "~")
 }
@@ -63,7 +98,7 @@ fn parent_mut<'a>(doc: &'a mut Value, toks: &[String]) -> Result<&'a mut Value, 
     Ok(cur)
 }
 
-fn get_at(doc: &Value, path: &str) -> Result<Value, PatchError> {
+fn get_ref<'a>(doc: &'a Value, path: &str) -> Result<&'a Value, PatchError> {
     let toks = split_pointer(path)?;
     let mut cur = doc;
     for t in &toks {
@@ -75,7 +110,7 @@ fn get_at(doc: &Value, path: &str) -> Result<Value, PatchError> {
             _ => return Err(PatchError::InvalidJsonPatch(format!("missing path {path:?}"))),
         };
     }
-    Ok(cur.clone())
+    Ok(cur)
 }
 
 fn add_at(doc: &mut Value, path: &str, value: Value) -> Result<(), PatchError> {
@@ -120,6 +155,14 @@ pub fn json_patch(doc: &Value, patch: &Value) -> Result<Value, PatchError> {
         return Err(PatchError::InvalidJsonPatch(format!("too many operations ({} > {MAX_PATCH_OPS})", ops.len())));
     }
     let mut out = doc.clone();
+    // An upper bound of the document's depth, kept without re-walking the document per operation.
+    let start = measure(doc, usize::MAX).map_or(0, |(_, d)| d);
+    let max_depth = MAX_JSON_PATCH_DEPTH.max(start);
+    let mut depth_bound = start;
+    let mut copy_budget = MAX_COPIED_BYTES;
+    let too_deep =
+        || PatchError::InvalidJsonPatch(format!("the patch would nest the object deeper than {max_depth} levels"));
+    let levels = |p: &str| if p.is_empty() { 0 } else { p.split('/').count() - 1 };
     for op in ops {
         let name =
             op.get("op").and_then(Value::as_str).ok_or_else(|| PatchError::InvalidJsonPatch("missing op".into()))?;
@@ -132,28 +175,53 @@ pub fn json_patch(doc: &Value, patch: &Value) -> Result<Value, PatchError> {
             op.get("from").and_then(Value::as_str).ok_or_else(|| PatchError::InvalidJsonPatch("missing from".into()))
         };
         match name {
-            "add" => add_at(&mut out, path, value()?)?,
+            "add" | "replace" => {
+                let v = value()?;
+                let d = measure(&v, usize::MAX).map_or(0, |(_, d)| d);
+                depth_bound = depth_bound.max(levels(path) + d);
+                if depth_bound > max_depth {
+                    return Err(too_deep());
+                }
+                if name == "replace" {
+                    remove_at(&mut out, path)?;
+                }
+                add_at(&mut out, path, v)?;
+            }
             "remove" => {
                 remove_at(&mut out, path)?;
-            }
-            "replace" => {
-                remove_at(&mut out, path)?;
-                add_at(&mut out, path, value()?)?;
             }
             "move" => {
                 let f = from()?;
                 if path.starts_with(&format!("{f}/")) {
                     return Err(PatchError::InvalidJsonPatch("cannot move a value into itself".into()));
                 }
+                // The moved value was at most `depth_bound - levels(f)` deep where it was.
+                depth_bound = depth_bound.max((levels(path) + depth_bound).saturating_sub(levels(f)));
+                if depth_bound > max_depth {
+                    return Err(too_deep());
+                }
                 let v = remove_at(&mut out, f)?;
                 add_at(&mut out, path, v)?;
             }
             "copy" => {
-                let v = get_at(&out, from()?)?;
+                let f = from()?;
+                let src = get_ref(&out, f)?;
+                let (size, d) = measure(src, copy_budget).ok_or_else(|| {
+                    PatchError::InvalidJsonPatch(format!(
+                        "the copy operations of the patch would duplicate more than {MAX_COPIED_BYTES} bytes"
+                    ))
+                })?;
+                copy_budget -= size;
+                depth_bound = depth_bound.max(levels(path) + d);
+                if depth_bound > max_depth {
+                    return Err(too_deep());
+                }
+                let v = src.clone();
                 add_at(&mut out, path, v)?;
             }
             "test" => {
-                if get_at(&out, path)? != value()? {
+                // Compared in place: cloning the tested value 10,000 times would be a CPU bomb.
+                if *get_ref(&out, path)? != value()? {
                     return Err(PatchError::TestFailed(path.to_string()));
                 }
             }
@@ -426,6 +494,31 @@ mod tests {
         assert!(json_patch(&doc, &json!([{"op": "remove", "path": "/zz"}])).is_err());
         assert!(json_patch(&doc, &json!([{"op": "add", "path": "/a/01", "value": 1}])).is_err());
         assert!(json_patch(&doc, &json!({"op": "add"})).is_err());
+    }
+
+    #[test]
+    fn json_patch_copies_and_nesting_are_bounded() {
+        // Found by the apply_patch fuzz target: each copy of the root into a list doubled the
+        // document, so 40 operations (~1.6 KiB of patch) asked for terabytes.
+        let doc = json!({"l": [], "s": "x".repeat(1000)});
+        let bomb = Value::Array(vec![json!({"op": "copy", "from": "", "path": "/l/-"}); 40]);
+        let err = json_patch(&doc, &bomb).unwrap_err();
+        assert!(err.to_string().contains("duplicate more than"), "{err}");
+        // A few copies of a small value stay fine.
+        let ok = Value::Array(vec![json!({"op": "copy", "from": "/s", "path": "/l/-"}); 3]);
+        assert_eq!(json_patch(&doc, &ok).unwrap()["l"].as_array().map(Vec::len), Some(3));
+        // Moving the document into ever deeper places is refused before it nests past the limit.
+        let mut ops = vec![json!({"op": "add", "path": "/a", "value": {}})];
+        ops.extend((0..200).map(|_| json!({"op": "move", "from": "/a", "path": "/b"})).flat_map(|m| {
+            [m, json!({"op": "add", "path": "/a", "value": {}}), json!({"op": "move", "from": "/b", "path": "/a/x"})]
+        }));
+        let err = json_patch(&json!({}), &Value::Array(ops)).unwrap_err();
+        assert!(err.to_string().contains("deeper than 100"), "{err}");
+        // A deep copy chain is refused the same way, and the test op still works on deep values.
+        let deep = (0..99).fold(json!(1), |v, _| json!([v]));
+        assert!(json_patch(&json!({"d": deep.clone()}), &json!([{"op": "test", "path": "/d", "value": deep}])).is_ok());
+        let chain = Value::Array(vec![json!({"op": "copy", "from": "", "path": "/d/0/0"}); 60]);
+        assert!(json_patch(&json!({"d": [[1]]}), &chain).is_err());
     }
 
     #[test]

@@ -13,6 +13,9 @@ pub struct CiArgs {
     /// Filter passed to the integration test run (e.g. a test name substring).
     #[arg(long)]
     pub filter: Option<String>,
+    /// Seconds each api-shim fuzz target runs after the unit tests (0 skips the fuzz step).
+    #[arg(long, default_value_t = 30)]
+    pub fuzz_seconds: u32,
 }
 
 pub fn run_ci(args: CiArgs) -> anyhow::Result<()> {
@@ -25,7 +28,14 @@ pub fn run_ci(args: CiArgs) -> anyhow::Result<()> {
     }
     sh(cargo().args(["fmt", "--all", "--check"]))?;
     sh(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
-    let unit = sh_count_tests(cargo().args(["test", "--workspace", "--exclude", "keelson-tests"]))?;
+    let mut unit = sh_count_tests(cargo().args(["test", "--workspace", "--exclude", "keelson-tests"]))?;
+    // Each fuzz target that runs its time without a crash counts as one passed check.
+    if args.fuzz_seconds == 0 {
+        unit.2 += crate::fuzz::TARGETS.len() as u64;
+    } else {
+        let fuzz = crate::fuzz::FuzzArgs { seconds: args.fuzz_seconds, targets: Vec::new() };
+        unit.0 += crate::fuzz::run_fuzz(&fuzz)?.len() as u64;
+    }
     if args.unit_only {
         println!("ci: unit stage passed (integration skipped by --unit-only)");
         println!("ci: {} passed, {} failed, {} skipped", unit.0, unit.1, unit.2);

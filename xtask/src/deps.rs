@@ -29,6 +29,8 @@ pub const PACKAGES: &[&str] = &[
     "util-linux",
     "ethtool",
     "curl",
+    // libfuzzer-sys builds libFuzzer (C++) for `cargo xtask fuzz`.
+    "g++",
 ];
 
 /// Python packages for client-compatibility tests.

@@ -6,6 +6,7 @@ mod bench;
 mod build_ebpf;
 mod ci;
 mod deps;
+mod fuzz;
 mod images;
 mod up;
 mod util;
@@ -35,6 +36,8 @@ enum Cmd {
     BuildEbpf,
     /// Benchmarks printed as ratios against a baseline measured in the same run.
     Bench(bench::BenchArgs),
+    /// Run the api-shim cargo-fuzz targets for a few seconds each (stable Rust, no sanitizer).
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,5 +50,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Ci(a) => ci::run(a),
         Cmd::BuildEbpf => build_ebpf::run(),
         Cmd::Bench(a) => bench::run(a),
+        Cmd::Fuzz(a) => fuzz::run(a),
     }
 }
