@@ -68,10 +68,12 @@ fn ensure_cargo_fuzz() -> anyhow::Result<()> {
         .env("CARGO_TARGET_DIR", target_dir().join("cargo-fuzz-install")))
 }
 
-/// Common `cargo fuzz <sub>` arguments: stable (no sanitizer), a target dir beside the workspace's.
+/// Common `cargo fuzz <sub>` arguments (build and run must agree, or run rebuilds): stable (no
+/// sanitizer), 16 codegen units (cold build 4m15s instead of 5m10s on 2 cores, ~15% fewer
+/// executions per second), a target dir beside the workspace's.
 fn cargo_fuzz(sub: &str) -> Command {
     let mut c = cargo();
-    c.args(["fuzz", sub, "--sanitizer", "none", "--fuzz-dir"]).arg(fuzz_dir());
+    c.args(["fuzz", sub, "--sanitizer", "none", "--codegen-units", "16", "--fuzz-dir"]).arg(fuzz_dir());
     c.arg("--target-dir").arg(target_dir().join("fuzz"));
     c
 }
@@ -159,7 +161,7 @@ fn run_target(target: &str, seconds: u32) -> anyhow::Result<FuzzStats> {
     if !status.success() {
         match crash_input(&lines) {
             Some(p) => bail!(
-                "fuzz target {target} failed ({status}); input saved at {p} — reproduce with `cargo fuzz run --sanitizer none --fuzz-dir api-shim/fuzz {target} {p}`"
+                "fuzz target {target} failed ({status}); input saved at {p} — reproduce with `cargo fuzz run --sanitizer none --codegen-units 16 --fuzz-dir api-shim/fuzz {target} {p}`"
             ),
             None => bail!("fuzz target {target} failed ({status}) without saving an input (build error?)"),
         }
