@@ -53,25 +53,13 @@ pub fn validate_kind(res: &ResourceDef, obj: &Value, old: Option<&Value>, causes
             pod_spec(template_spec(spec), "spec.template.spec", Some(&["Always"]), causes);
             non_negative(spec, "minReadySeconds", "spec", causes);
             if res.kind == "DaemonSet" {
-                one_of(
-                    spec.get("updateStrategy").unwrap_or(&Value::Null),
-                    "type",
-                    "spec.updateStrategy",
-                    &["OnDelete", "RollingUpdate"],
-                    causes,
-                );
+                update_strategy(spec, causes);
             }
         }
         "StatefulSet" => {
             pod_spec(template_spec(spec), "spec.template.spec", Some(&["Always"]), causes);
             one_of(spec, "podManagementPolicy", "spec", &["OrderedReady", "Parallel"], causes);
-            one_of(
-                spec.get("updateStrategy").unwrap_or(&Value::Null),
-                "type",
-                "spec.updateStrategy",
-                &["OnDelete", "RollingUpdate"],
-                causes,
-            );
+            update_strategy(spec, causes);
             non_negative(spec, "minReadySeconds", "spec", causes);
             if let Some(old) = old {
                 statefulset_update(spec, old.get("spec").unwrap_or(&Value::Null), causes);
@@ -99,6 +87,12 @@ pub fn validate_kind(res: &ResourceDef, obj: &Value, old: Option<&Value>, causes
         "Event" => event(obj, causes),
         _ => {}
     }
+}
+
+/// DaemonSet and StatefulSet `spec.updateStrategy.type`.
+fn update_strategy(spec: &Value, causes: &mut Vec<Cause>) {
+    let strategy = spec.get("updateStrategy").unwrap_or(&Value::Null);
+    one_of(strategy, "type", "spec.updateStrategy", &["OnDelete", "RollingUpdate"], causes);
 }
 
 fn template_spec(spec: &Value) -> &Value {
