@@ -38,6 +38,12 @@ struct Target {
     tls: Arc<rustls::ClientConfig>,
 }
 
+impl Target {
+    fn endpoint(&self) -> Endpoint {
+        Endpoint { port: self.port, token: self.token.clone() }
+    }
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -117,26 +123,6 @@ async fn connect(t: &Target) -> anyhow::Result<SendRequest<Full<Bytes>>> {
     Ok(send)
 }
 
-async fn call(
-    c: &mut SendRequest<Full<Bytes>>,
-    t: &Target,
-    method: &str,
-    path: &str,
-    body: Option<&Value>,
-    ct: &str,
-) -> anyhow::Result<(u16, Bytes)> {
-    c.ready().await?;
-    let req = http::Request::builder()
-        .method(method)
-        .uri(format!("https://127.0.0.1:{}{path}", t.port))
-        .header("authorization", format!("Bearer {}", t.token))
-        .header("content-type", ct)
-        .body(Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default())))?;
-    let resp = c.send_request(req).await?;
-    let code = resp.status().as_u16();
-    Ok((code, resp.into_body().collect().await?.to_bytes()))
-}
-
 fn now_micros() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0)
 }
@@ -152,10 +138,8 @@ async fn throughput(t: &Target, n: usize, inflight: usize) -> anyhow::Result<(f6
         for w in 0..inflight {
             let mut c = conns[w % conns.len()].clone();
             let next = next.clone();
-            let t_ref: &Target = t;
-            let (port, token, tls) = (t_ref.port, t_ref.token.clone(), t_ref.tls.clone());
+            let tt = t.endpoint();
             tasks.push(tokio::spawn(async move {
-                let tt = TargetRef { port, token, tls };
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if i >= n {
@@ -183,15 +167,14 @@ async fn throughput(t: &Target, n: usize, inflight: usize) -> anyhow::Result<(f6
     Ok((rates[0], rates[1]))
 }
 
-/// Connection parameters that can move into tasks.
-struct TargetRef {
+/// Where and as whom requests go (cheap to clone into tasks).
+#[derive(Clone)]
+struct Endpoint {
     port: u16,
     token: String,
-    #[allow(dead_code)]
-    tls: Arc<rustls::ClientConfig>,
 }
 
-impl TargetRef {
+impl Endpoint {
     async fn call(
         &self,
         c: &mut SendRequest<Full<Bytes>>,
@@ -217,15 +200,15 @@ impl TargetRef {
 async fn watch_latency(t: &Target, watchers: usize, writes: usize) -> anyhow::Result<(f64, f64)> {
     let ns = format!("w{watchers}");
     let mut c = connect(t).await?;
-    call(
-        &mut c,
-        t,
-        "POST",
-        "/api/v1/namespaces",
-        Some(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})),
-        "application/json",
-    )
-    .await?;
+    t.endpoint()
+        .call(
+            &mut c,
+            "POST",
+            "/api/v1/namespaces",
+            Some(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})),
+            "application/json",
+        )
+        .await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<f64>();
     let mut conns = Vec::new();
     for _ in 0..watchers.div_ceil(100) {
@@ -275,9 +258,10 @@ async fn watch_latency(t: &Target, watchers: usize, writes: usize) -> anyhow::Re
     for i in 0..writes {
         let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": format!("e{i}"), "annotations": {"bench/t": now_micros().to_string()}}});
-        let (code, _) =
-            call(&mut c, t, "POST", &format!("/api/v1/namespaces/{ns}/configmaps"), Some(&cm), "application/json")
-                .await?;
+        let (code, _) = t
+            .endpoint()
+            .call(&mut c, "POST", &format!("/api/v1/namespaces/{ns}/configmaps"), Some(&cm), "application/json")
+            .await?;
         if code >= 300 {
             bail!("watch write failed: {code}");
         }
@@ -316,7 +300,7 @@ async fn rss_with_pods(t: &Target, pods: usize) -> anyhow::Result<(u64, u64)> {
     for _ in 0..32 {
         let mut c2 = c.clone();
         let next = next.clone();
-        let tr = TargetRef { port: t.port, token: t.token.clone(), tls: t.tls.clone() };
+        let tr = t.endpoint();
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -336,7 +320,7 @@ async fn rss_with_pods(t: &Target, pods: usize) -> anyhow::Result<(u64, u64)> {
         task.await??;
     }
     // One full list, as an informer would do.
-    let (code, body) = call(&mut c, t, "GET", "/api/v1/pods", None, "application/json").await?;
+    let (code, body) = t.endpoint().call(&mut c, "GET", "/api/v1/pods", None, "application/json").await?;
     if code != 200 {
         bail!("list pods: {code}");
     }
