@@ -202,31 +202,30 @@ where
 pub fn pre_exec_setns(cmd: &mut std::process::Command, ns: &File) {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
-    let fd = ns.as_raw_fd();
-    // SAFETY: the closure only calls setns(2), which is async-signal-safe, on an fd inherited
+    // SAFETY: the hook only calls setns(2), which is async-signal-safe, on an fd inherited
     // across fork (it is O_CLOEXEC, so it closes only at exec, after setns ran).
     unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        cmd.pre_exec(setns_hook(ns.as_raw_fd()));
+    }
+}
+
+/// The between-fork-and-exec hook: join the network namespace open at `fd`.
+fn setns_hook(fd: std::os::fd::RawFd) -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
+    move || {
+        // SAFETY: setns(2) on a caller-owned fd; no memory is touched.
+        if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 }
 
 /// [`pre_exec_setns`] for a `tokio::process::Command`.
 pub fn tokio_pre_exec_setns(cmd: &mut tokio::process::Command, ns: &File) {
     use std::os::fd::AsRawFd;
-    let fd = ns.as_raw_fd();
     // SAFETY: as in `pre_exec_setns`: only setns(2), async-signal-safe, on an fd open until exec.
     unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        cmd.pre_exec(setns_hook(ns.as_raw_fd()));
     }
 }
 
