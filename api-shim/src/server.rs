@@ -305,28 +305,28 @@ impl Server {
             return error_response(&ApiError::Unauthorized);
         }
         // Authorize before anything else (the body is not read yet); the user travels with the
-        // request for the review APIs and the escalation check.
+        // request for the review APIs and the escalation check. Without credentials (health and
+        // version paths only) the caller is the anonymous user, allowed through the
+        // `system:public-info-viewer` binding to `system:unauthenticated` (as upstream).
         let mut req = req;
+        let q = parse_query(req.uri().query());
         if let Some(u) = &mut user {
             crate::authz::implied_groups(&u.name, &mut u.groups);
-            let q = parse_query(req.uri().query());
-            let attrs = crate::authz::request_attributes(&u.name, &u.groups, method.as_str(), &path, &q);
-            if !self.authz.authorize(&attrs).allowed {
-                tracing::debug!(user = u.name, verb = attrs.verb, path, "forbidden");
-                return error_response(&attrs.forbidden());
-            }
-            req.extensions_mut().insert(u.clone());
-        } else {
-            // Health and version paths without credentials: the anonymous user, allowed through
-            // the `system:public-info-viewer` binding to `system:unauthenticated` (as upstream).
-            let groups = [crate::authz::UNAUTHENTICATED.to_string()];
-            let q = parse_query(req.uri().query());
-            let attrs = crate::authz::request_attributes(crate::authz::ANONYMOUS, &groups, method.as_str(), &path, &q);
-            if !self.authz.authorize(&attrs).allowed {
-                return error_response(&attrs.forbidden());
-            }
         }
-        let resp = match self.route(req).await {
+        let anonymous = [crate::authz::UNAUTHENTICATED.to_string()];
+        let (name, groups): (&str, &[String]) = match &user {
+            Some(u) => (&u.name, &u.groups),
+            None => (crate::authz::ANONYMOUS, &anonymous),
+        };
+        let attrs = crate::authz::request_attributes(name, groups, method.as_str(), &path, &q);
+        if !self.authz.authorize(&attrs).allowed {
+            tracing::debug!(user = name, verb = attrs.verb, path, "forbidden");
+            return error_response(&attrs.forbidden());
+        }
+        if let Some(u) = &user {
+            req.extensions_mut().insert(u.clone());
+        }
+        let resp = match self.route(req, q).await {
             Ok(r) => r,
             Err(e) => error_response(&e),
         };
@@ -334,9 +334,8 @@ impl Server {
         resp
     }
 
-    async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    async fn route(&self, req: Request<Incoming>, q: HashMap<String, String>) -> Result<Response<Body>, ApiError> {
         let path = req.uri().path().trim_end_matches('/').to_string();
-        let q = parse_query(req.uri().query());
         let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
         let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         let get = req.method() == Method::GET;
