@@ -7,6 +7,9 @@
 pub mod discovery;
 pub mod openapi;
 pub mod proto;
+mod request;
+mod response;
+mod routing;
 pub mod server;
 pub mod table;
 pub mod tls;

@@ -76,4 +76,45 @@ impl Api {
         .await?;
         Ok(crate::error::success_status(json!({})))
     }
+
+    /// Applies `f` to the Scale view and writes spec.replicas back to the parent; returns the new Scale.
+    pub async fn update_scale(
+        &self,
+        res: &'static ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        opts: &WriteOpts,
+        f: impl Fn(&Value) -> Result<Value, ApiError>,
+    ) -> Result<Value, ApiError> {
+        let (out, _) = self
+            .update_with(res, ns, name, None, opts, |cur| {
+                let scale = Api::scale_of(res, cur);
+                let new_scale = f(&scale)?;
+                let replicas =
+                    new_scale.pointer("/spec/replicas").and_then(Value::as_i64).ok_or_else(|| ApiError::Invalid {
+                        group: "autoscaling".into(),
+                        kind: "Scale".into(),
+                        name: name.into(),
+                        causes: vec![crate::error::Cause::required("spec.replicas")],
+                    })?;
+                if replicas < 0 {
+                    return Err(ApiError::Invalid {
+                        group: "autoscaling".into(),
+                        kind: "Scale".into(),
+                        name: name.into(),
+                        causes: vec![crate::error::Cause::invalid(
+                            "spec.replicas",
+                            replicas,
+                            "must be greater than or equal to 0",
+                        )],
+                    });
+                }
+                let rv = new_scale.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string);
+                let mut n = cur.clone();
+                n["spec"]["replicas"] = json!(replicas);
+                Ok((n, rv))
+            })
+            .await?;
+        Ok(Api::scale_of(res, &out))
+    }
 }
