@@ -8,6 +8,7 @@ pub mod discovery;
 pub mod openapi;
 pub mod proto;
 mod request;
+pub mod request_info;
 mod response;
 mod routing;
 pub mod server;

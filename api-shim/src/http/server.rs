@@ -68,7 +68,7 @@ impl Server {
             Some(u) => (&u.name, &u.groups),
             None => (crate::registry::rbac::authz::ANONYMOUS, &anonymous),
         };
-        let attrs = crate::registry::rbac::authz::request_attributes(name, groups, method.as_str(), &path, &q);
+        let attrs = super::request_info::request_attributes(name, groups, method.as_str(), &path, &q);
         if !self.authz.authorize(&attrs).allowed {
             tracing::debug!(user = name, verb = attrs.verb, path, "forbidden");
             return error_response(&attrs.forbidden());

@@ -762,15 +762,19 @@ mod tests {
         }
         let user = |name: &str| (name.to_string(), vec![authz::AUTHENTICATED.to_string()]);
         let (n, g) = user("alice");
-        let can = |verb: &str, path: &str| {
-            let q = Default::default();
-            let mut at = authz::request_attributes(&n, &g, "GET", path, &q);
-            at.verb = verb.into();
-            a.authorize(&at).allowed
+        let can = |at: Attributes| a.authorize(&Attributes { user: n.clone(), groups: g.clone(), ..at }).allowed;
+        let url = |path: &str| Attributes { verb: "get".into(), path: path.into(), ..Default::default() };
+        assert!(can(url("/apis")));
+        assert!(can(url("/openapi/v3/api/v1")));
+        let list_pods = Attributes {
+            verb: "list".into(),
+            resource_request: true,
+            api_version: "v1".into(),
+            resource: "pods".into(),
+            namespace: "default".into(),
+            ..Default::default()
         };
-        assert!(can("get", "/apis"));
-        assert!(can("get", "/openapi/v3/api/v1"));
-        assert!(!can("list", "/api/v1/namespaces/default/pods"));
+        assert!(!can(list_pods));
         let view =
             authz::rules_of(&bootstrap_objects().into_iter().find(|(_, o)| o["metadata"]["name"] == "view").unwrap().1);
         let edit =
