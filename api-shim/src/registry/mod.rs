@@ -19,15 +19,14 @@ pub mod strategy;
 pub mod subresources;
 pub mod write;
 
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
 use serde_json::{Value, json};
 
-use self::strategy::Allocator;
+use self::strategy::{GracefulDeadlines, Strategies, Strategy};
 use crate::error::{ApiError, Cause};
 use crate::objects::FieldValidation;
 use crate::resources::{self, ResourceDef};
@@ -119,9 +118,10 @@ impl WatchEvent {
 /// The API core shared by all connections.
 pub struct Api {
     pub store: Arc<dyn Store>,
-    alloc: Mutex<Allocator>,
-    /// Pods in graceful deletion: key → deadline.
-    graceful: Mutex<HashMap<String, chrono::DateTime<Utc>>>,
+    /// What differs per kind (and the Service allocators).
+    strategies: Strategies,
+    /// Pods in graceful deletion: key → deadline (shared with the Pod strategy).
+    graceful: GracefulDeadlines,
     pub bookmark_interval: Duration,
 }
 
@@ -212,36 +212,29 @@ fn status_has_terminal_phase(pod: &Value) -> bool {
 
 impl Api {
     pub fn new(store: Arc<dyn Store>, cidr: ipnet::Ipv4Net, bookmark_interval: Duration) -> Self {
-        Api {
-            store,
-            alloc: Mutex::new(Allocator::new(cidr, (30000, 32767))),
-            graceful: Mutex::new(HashMap::new()),
-            bookmark_interval,
-        }
+        let graceful = GracefulDeadlines::default();
+        Api { store, strategies: Strategies::new(cidr, graceful.clone()), graceful, bookmark_interval }
     }
 
-    fn alloc(&self) -> std::sync::MutexGuard<'_, Allocator> {
-        self.alloc.lock().unwrap_or_else(|p| p.into_inner())
+    /// The strategy of a kind.
+    fn strategy(&self, res: &ResourceDef) -> &dyn Strategy {
+        self.strategies.of(res)
+    }
+
+    /// After an object was removed from storage (its strategy's hook).
+    fn after_delete(&self, res: &ResourceDef, obj: &Value) {
+        self.strategy(res).after_delete(res, obj);
     }
 
     pub fn kubernetes_service_ip(&self) -> Ipv4Addr {
-        self.alloc().first_ip()
+        self.strategies.service.first_ip()
     }
 
     /// Rebuilds allocator state and graceful-deletion deadlines from storage.
     pub async fn recover(&self) -> Result<(), ApiError> {
         let svc = resources::find("", "v1", "services").ok_or(ApiError::NoRoute)?;
         for kv in self.store.list(&svc.list_prefix(None), None, 0, None).await?.items {
-            let obj = from_kv(&kv)?;
-            let mut a = self.alloc();
-            if let Some(ip) = obj.pointer("/spec/clusterIP").and_then(Value::as_str).and_then(|s| s.parse().ok()) {
-                let _ = a.claim_ip(ip);
-            }
-            for p in obj.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten() {
-                if let Some(np) = p.get("nodePort").and_then(Value::as_u64) {
-                    let _ = a.claim_port(np as u16);
-                }
-            }
+            self.strategies.service.recover(&from_kv(&kv)?);
         }
         let pods = resources::find("", "v1", "pods").ok_or(ApiError::NoRoute)?;
         for kv in self.store.list(&pods.list_prefix(None), None, 0, None).await?.items {
@@ -264,12 +257,6 @@ impl Api {
         let kv = self.store.get(&res.key(ns, name)).await?.ok_or_else(|| not_found(res, name))?;
         Ok((from_kv(&kv)?, kv.mod_revision))
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Allocation {
-    Ip(Ipv4Addr),
-    Port(u16),
 }
 
 fn graceful_deadline(pod: &Value) -> Option<chrono::DateTime<Utc>> {

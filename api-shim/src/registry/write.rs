@@ -1,13 +1,10 @@
 //! Writes: create and the read-modify-write update loop shared by update, patch, apply and
 //! the status subresource, with upstream's type/namespace checks and no-op detection.
 
-use std::collections::BTreeMap;
-
 use serde_json::{Value, json};
 
 use super::{
-    Api, WriteOpts, conflict, from_kv, meta_mut, meta_str, not_found, now_rfc3339, parse_rv, status_has_terminal_phase,
-    to_bytes, unchanged,
+    Api, WriteOpts, conflict, from_kv, meta_mut, meta_str, not_found, now_rfc3339, parse_rv, to_bytes, unchanged,
 };
 use crate::error::ApiError;
 use crate::objects;
@@ -124,21 +121,20 @@ impl Api {
                 m.remove("generation");
             }
         }
-        objects::apply_defaults(res, &mut obj);
+        let strategy = self.strategy(res);
+        strategy.defaults(res, &mut obj);
         if !opts.apply {
             crate::apply::record_update(None, &mut obj, &opts.field_manager, &res.api_version(), None);
         }
-        if res.kind == "Job" {
-            default_job_selector(&mut obj);
-        }
+        strategy.prepare_for_create(&mut obj);
         let name = meta_str(&obj, "name").unwrap_or_default().to_string();
-        objects::validate(res, &obj, None)?;
+        strategy.validate(res, &obj, None)?;
         if let Some(admit) = &opts.admit {
             (admit.0)(res, &obj, None)?;
         }
-        let allocated = if res.kind == "Service" { self.allocate_service(&mut obj, None)? } else { Vec::new() };
+        let allocated = strategy.allocate(&mut obj, None)?;
         if opts.dry_run {
-            self.release(&allocated);
+            strategy.release(&allocated);
             return Ok((obj, warnings));
         }
         let key = res.key(ns, &name);
@@ -148,7 +144,7 @@ impl Api {
                 Ok((obj, warnings))
             }
             Err(e) => {
-                self.release(&allocated);
+                strategy.release(&allocated);
                 Err(match e {
                     StoreError::AlreadyExists { .. } => {
                         ApiError::AlreadyExists { group: res.group.into(), kind: res.plural.into(), name }
@@ -173,6 +169,7 @@ impl Api {
     where
         F: FnMut(&Value) -> Result<(Value, Option<String>), ApiError>,
     {
+        let strategy = self.strategy(res);
         for _ in 0..16 {
             let (old, rev) = self.get_kv(res, ns, name).await?;
             let (mut new, client_rv) = f(&old)?;
@@ -195,16 +192,15 @@ impl Api {
             if !opts.apply {
                 crate::apply::record_update(Some(&old), &mut new, &opts.field_manager, &res.api_version(), sub);
             }
-            objects::validate(res, &new, Some(&old))?;
+            strategy.validate(res, &new, Some(&old))?;
             if let Some(admit) = &opts.admit {
                 (admit.0)(res, &new, Some(&old))?;
             }
-            let allocated =
-                if res.kind == "Service" { self.allocate_service(&mut new, Some(&old))? } else { Vec::new() };
+            let allocated = strategy.allocate(&mut new, Some(&old))?;
             // A no-op is not written, unless it finalizes a deletion (the sweeper and namespace
             // deletion drive finished objects out through unchanged updates).
             if opts.dry_run || (unchanged(&old, &new) && !self.ready_to_delete(res, &new)) {
-                self.release(&allocated);
+                strategy.release(&allocated);
                 return Ok((if opts.dry_run { new } else { old }, warnings));
             }
             // Finalized: deletion requested and nothing holds the object any more.
@@ -222,20 +218,20 @@ impl Api {
             }
             match self.store.update(&res.key(ns, name), to_bytes(&new)?, rev).await {
                 Ok(nrev) => {
-                    self.release_removed(&old, &new);
+                    strategy.after_update(&old, &new);
                     meta_mut(&mut new).insert("resourceVersion".into(), json!(nrev.to_string()));
                     return Ok((new, warnings));
                 }
                 Err(StoreError::Conflict { .. }) => {
-                    self.release(&allocated);
+                    strategy.release(&allocated);
                     continue;
                 }
                 Err(StoreError::NotFound { .. }) => {
-                    self.release(&allocated);
+                    strategy.release(&allocated);
                     return Err(not_found(res, name));
                 }
                 Err(e) => {
-                    self.release(&allocated);
+                    strategy.release(&allocated);
                     return Err(e.into());
                 }
             }
@@ -243,22 +239,15 @@ impl Api {
         Err(conflict(res, name, "too many concurrent modifications, please retry"))
     }
 
+    /// Whether an object may leave storage now: deletion requested, no finalizers, and its
+    /// strategy agrees (a pod's containers are done, a namespace's spec finalizers are gone).
     fn ready_to_delete(&self, res: &ResourceDef, obj: &Value) -> bool {
         if obj.pointer("/metadata/deletionTimestamp").is_none() {
             return false;
         }
         let finalizers_empty =
             obj.pointer("/metadata/finalizers").and_then(Value::as_array).is_none_or(|f| f.is_empty());
-        if !finalizers_empty {
-            return false;
-        }
-        match res.kind {
-            // A pod in graceful deletion goes once its containers are done (or its node confirms
-            // with a zero-grace delete, or the grace period ends: see `sweep_graceful`).
-            "Pod" => status_has_terminal_phase(obj) || obj.pointer("/spec/nodeName").is_none(),
-            "Namespace" => obj.pointer("/spec/finalizers").and_then(Value::as_array).is_none_or(|f| f.is_empty()),
-            _ => true,
-        }
+        finalizers_empty && self.strategy(res).ready_to_delete(obj)
     }
 
     /// Carries over server-owned fields and splits spec/status updates.
@@ -315,49 +304,8 @@ impl Api {
             let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
             meta_mut(new).insert("generation".into(), json!(g + 1));
         }
-        if res.kind == "Service" {
-            // Keep the allocated clusterIP(s) when the client left them empty.
-            for f in ["clusterIP", "clusterIPs"] {
-                let empty = new.pointer(&format!("/spec/{f}")).is_none_or(|v| v.as_str() == Some("") || v.is_null());
-                if empty
-                    && let (Some(v), Some(spec)) = (old.pointer(&format!("/spec/{f}")).cloned(), new.get_mut("spec"))
-                {
-                    spec[f] = v;
-                }
-            }
-        }
+        self.strategy(res).prepare_for_update(old, new);
         Ok(())
-    }
-}
-
-/// Jobs get a generated selector on their own uid unless `manualSelector` is set.
-fn default_job_selector(obj: &mut Value) {
-    if obj.pointer("/spec/manualSelector").and_then(Value::as_bool) == Some(true) {
-        return;
-    }
-    let uid = meta_str(obj, "uid").unwrap_or_default().to_string();
-    let name = meta_str(obj, "name").unwrap_or_default().to_string();
-    let labels: BTreeMap<&str, &str> = [
-        ("batch.kubernetes.io/controller-uid", uid.as_str()),
-        ("batch.kubernetes.io/job-name", name.as_str()),
-        ("controller-uid", uid.as_str()),
-        ("job-name", name.as_str()),
-    ]
-    .into_iter()
-    .collect();
-    obj["spec"]["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
-    if let Some(t) = obj.pointer_mut("/spec/template") {
-        if !t.pointer("/metadata/labels").is_some_and(Value::is_object) {
-            if !t.get("metadata").is_some_and(Value::is_object) {
-                t["metadata"] = json!({});
-            }
-            t["metadata"]["labels"] = json!({});
-        }
-        if let Some(Value::Object(m)) = t.pointer_mut("/metadata/labels") {
-            for (k, v) in &labels {
-                m.insert((*k).into(), json!(v));
-            }
-        }
     }
 }
 
