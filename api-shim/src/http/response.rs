@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::http::table::{self, IncludeObject};
-use crate::registry::WatchEvent;
+use crate::registry::{WatchEvent, encode};
 use crate::resources::ResourceDef;
 
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -21,8 +21,15 @@ pub(super) fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed()
 }
 
+/// A JSON body as kube-apiserver writes it: upstream's field order, then a newline.
+pub(super) fn json_body(v: &Value) -> Vec<u8> {
+    let mut body = encode::to_json(v);
+    body.push(b'\n');
+    body
+}
+
 pub(super) fn json_response(code: StatusCode, v: &Value, warnings: &[String]) -> Response<Body> {
-    let mut resp = Response::new(full(serde_json::to_vec(v).unwrap_or_default()));
+    let mut resp = Response::new(full(json_body(v)));
     *resp.status_mut() = code;
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     for w in warnings {
@@ -114,7 +121,7 @@ pub(super) fn watch_line(res: &ResourceDef, ev: WatchEvent, w: Wants, first: &mu
     } else {
         (*ev.object).clone()
     };
-    let mut line = serde_json::to_vec(&json!({"type": ev.kind, "object": object})).unwrap_or_default();
+    let mut line = encode::watch_event(ev.kind, &encode::to_json(&object));
     line.push(b'\n');
     Bytes::from(line)
 }

@@ -13,6 +13,7 @@
 //! validation, selectors, patch, apply); it never uses the HTTP layer above it.
 
 pub mod delete;
+pub mod encode;
 pub mod rbac;
 pub mod read;
 pub mod strategy;

@@ -215,11 +215,7 @@ impl Api {
                 },
                 _ => continue,
             };
-            let encoded = ev
-                .cache
-                .encoded
-                .get_or_init(|| bytes::Bytes::from(serde_json::to_vec(&*obj).unwrap_or_default()))
-                .clone();
+            let encoded = ev.cache.encoded.get_or_init(|| bytes::Bytes::from(super::encode::to_json(&obj))).clone();
             if tx.send(WatchEvent { kind, object: obj, encoded: Some(encoded) }).await.is_err() {
                 return;
             }
