@@ -5,6 +5,7 @@
 //! It calls [`crate::registry`] for every verb and never touches [`crate::storage`] directly.
 
 pub mod discovery;
+mod health;
 pub mod openapi;
 pub mod proto;
 mod request;

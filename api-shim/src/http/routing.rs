@@ -31,10 +31,8 @@ impl Server {
         let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         let get = req.method() == Method::GET;
         match segs.as_slice() {
-            ["healthz" | "livez" | "readyz", ..] if get => {
-                let mut r = Response::new(full("ok"));
-                r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-                return Ok(r);
+            [endpoint @ ("healthz" | "livez" | "readyz"), rest @ ..] if get => {
+                return super::health::answer(&self.api, endpoint, rest, &q).await;
             }
             ["version"] if get => return Ok(json_response(StatusCode::OK, &discovery::version(), &[])),
             ["api"] | ["apis"] if get => {

@@ -247,6 +247,18 @@ impl Api {
         Ok(())
     }
 
+    /// A cheap read through the store, bounded in time: what the health endpoints report (as
+    /// kube-apiserver's etcd check, 2 s by default). Returns the check's name and its outcome.
+    pub async fn check_storage(&self) -> (&'static str, Result<(), String>) {
+        const TIMEOUT: Duration = Duration::from_secs(2);
+        let outcome = match tokio::time::timeout(TIMEOUT, self.store.get("/registry/health")).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {TIMEOUT:?}")),
+        };
+        (self.store.health_name(), outcome)
+    }
+
     // ------------------------------------------------------------------ reads
 
     pub async fn get(&self, res: &ResourceDef, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {

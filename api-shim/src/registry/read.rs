@@ -118,6 +118,28 @@ impl Api {
         } else {
             (Vec::new(), parse_rv(&rv)?)
         };
+        if !initial {
+            let current = self.store.current_revision().await?;
+            if start_rev > current {
+                // A resourceVersion from the future (another apiserver's, or a client's guess):
+                // wait a little for this store to reach it, then tell the client to relist.
+                let api = self.clone();
+                tokio::spawn(async move {
+                    let current = match api.wait_for_revision(start_rev).await {
+                        Ok(()) => match api.store.watch(&prefix, start_rev).await {
+                            Ok(events) => return api.run_watch(res, opts, snapshot, start_rev, events, tx).await,
+                            Err(e) => {
+                                tx.send(WatchEvent::new("ERROR", ApiError::from(e).to_status())).await.ok();
+                                return;
+                            }
+                        },
+                        Err(current) => current,
+                    };
+                    tx.send(WatchEvent::new("ERROR", too_large_resource_version(start_rev, current))).await.ok();
+                });
+                return Ok(rx);
+            }
+        }
         let events = match self.store.watch(&prefix, start_rev).await {
             Ok(e) => e,
             Err(StoreError::Compacted { requested, compacted }) => {
@@ -131,6 +153,22 @@ impl Api {
         let api = self.clone();
         tokio::spawn(async move { api.run_watch(res, opts, snapshot, start_rev, events, tx).await });
         Ok(rx)
+    }
+
+    /// Waits up to [`FRESHNESS_WAIT`] for the store to reach `rev`; the store's revision if it
+    /// did not.
+    async fn wait_for_revision(&self, rev: i64) -> Result<(), i64> {
+        let deadline = tokio::time::Instant::now() + FRESHNESS_WAIT;
+        loop {
+            let current = self.store.current_revision().await.unwrap_or(0);
+            if current >= rev {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(current);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn run_watch(
@@ -221,4 +259,23 @@ impl Api {
             }
         }
     }
+}
+
+/// How long a read from a future resourceVersion waits for the store (upstream's watch cache
+/// blocks for 3 s the same way).
+const FRESHNESS_WAIT: Duration = Duration::from_secs(3);
+
+/// Upstream's `NewTooLargeResourceVersionError`: a `Timeout` (504) whose cause tells clients
+/// (client-go's reflector, kube-rs's watcher) to relist, retry after 1 s.
+fn too_large_resource_version(requested: i64, current: i64) -> Value {
+    json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": format!("Timeout: Too large resource version: {requested}, current: {current}"),
+        "reason": "Timeout",
+        "details": {
+            "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+            "retryAfterSeconds": 1,
+        },
+        "code": 504,
+    })
 }

@@ -165,6 +165,9 @@ impl Store for WatchCache {
     async fn compacted_revision(&self) -> Result<i64, StoreError> {
         self.inner.compacted_revision().await
     }
+    fn health_name(&self) -> &'static str {
+        self.inner.health_name()
+    }
     async fn compact(&self, keep: i64) -> Result<i64, StoreError> {
         self.inner.compact(keep).await
     }
