@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, header};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
@@ -91,18 +91,32 @@ pub(super) fn parse_resource_path(segs: &[&str]) -> Result<Option<(Target, bool)
     Ok(Some((target, legacy_watch)))
 }
 
-pub(super) async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
-    match Limited::new(body, MAX_BODY).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                Err(ApiError::TooLarge { limit: MAX_BODY })
-            } else {
-                Err(ApiError::bad_request(format!("reading request body: {e}")))
-            }
+/// Reads a body of at most [`MAX_BODY`] bytes. A larger one is answered 413 at once, and what
+/// the client is still sending is read and dropped in the background for a while: over HTTP/2 a
+/// request stream dropped half-read is reset, and curl or client-go then report a stream error
+/// instead of the 413 Status already sent (kube-apiserver's clients see the Status).
+pub(super) async fn read_body(mut body: Incoming) -> Result<Bytes, ApiError> {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad_request(format!("reading request body: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        if buf.len() + data.len() > MAX_BODY {
+            tokio::spawn(drain(body));
+            return Err(ApiError::TooLarge { limit: MAX_BODY });
         }
+        buf.extend_from_slice(&data);
     }
+    Ok(buf.freeze())
 }
+
+/// Reads and drops the rest of a refused body, for at most [`DRAIN_FOR`].
+async fn drain(mut body: Incoming) {
+    let _ = tokio::time::timeout(DRAIN_FOR, async { while let Some(Ok(_)) = body.frame().await {} }).await;
+}
+
+/// How long the rest of a refused body is read (a client uploading slower than this gets its
+/// stream reset after the 413).
+const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub(super) fn content_type(headers: &HeaderMap) -> String {
     headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json").to_string()
