@@ -18,19 +18,19 @@ pub mod apply;
 pub mod authz;
 pub mod discovery;
 pub mod error;
-pub mod kinds;
 pub mod objects;
 pub mod openapi;
-pub mod patch;
 pub mod proto;
 pub mod rbac;
-pub mod resources;
-pub mod selectors;
 pub mod server;
 pub mod store;
 pub mod table;
 pub mod tls;
-pub mod validation;
+
+// The Kubernetes semantics live in keelson-apimachinery; these keep `crate::selectors::X` and
+// friends working. `objects`, `error` and `apply` are local modules that re-export the pure
+// module and add the server-only parts (protobuf, RBAC rules, store errors, the store round trip).
+pub use keelson_apimachinery::{kinds, patch, resources, selectors, validation};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
