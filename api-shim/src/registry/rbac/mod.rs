@@ -1,4 +1,4 @@
-//! RBAC around the pure core in [`crate::authz`]: the informer-style policy cache, validation and
+//! RBAC around the pure core in [`authz`]: the informer-style policy cache, validation and
 //! defaulting of roles and bindings, privilege-escalation admission, the bootstrap policy and the
 //! access-review APIs.
 //!
@@ -6,17 +6,18 @@
 //! per request), so it works the same for the embedded store and etcd, sees writes made by other
 //! apiservers sharing one etcd, and rebuilds itself after a restart or a 410 Gone by listing again.
 
+pub mod authz;
+
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::api::{Api, ListOpts, WatchOpts, WriteOpts};
-use crate::authz::{self, Attributes, Binding, Decision, MASTERS, Policy, RBAC_GROUP, Rule};
+use self::authz::{Attributes, Binding, Decision, MASTERS, Policy, RBAC_GROUP, Rule, UserInfo};
 use crate::error::{ApiError, Cause};
 use crate::objects::FieldValidation;
+use crate::registry::{Api, ListOpts, WatchOpts, WriteOpts};
 use crate::resources::{self, ResourceDef};
-use crate::tls::UserInfo;
 
 /// The four RBAC resources the cache follows.
 const KINDS: [&str; 4] = ["clusterroles", "roles", "clusterrolebindings", "rolebindings"];

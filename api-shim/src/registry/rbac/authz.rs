@@ -3,7 +3,7 @@
 //! A request becomes [`Attributes`] the way upstream's request-info parser sees it (verb from the
 //! HTTP method, `list`/`watch`/`deletecollection` for collections, `namespaces/<ns>` carrying the
 //! namespace, everything outside `/api/<v>/…` and `/apis/<g>/<v>/…` a non-resource path). A
-//! [`Policy`] (the roles and bindings, kept current by the cache in [`crate::rbac`]) allows the
+//! [`Policy`] (the roles and bindings, kept current by the cache in [`super`]) allows the
 //! request when a ClusterRoleBinding, or a RoleBinding in the request's namespace, names the user,
 //! one of its groups or its service account and points at a role with a matching rule. Nothing is
 //! ever denied explicitly: no matching rule means Forbidden. Members of `system:masters` are
@@ -27,6 +27,13 @@ pub const ANONYMOUS: &str = "system:anonymous";
 pub const UNAUTHENTICATED: &str = "system:unauthenticated";
 /// The API group of roles and bindings.
 pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserInfo {
+    pub name: String,
+    pub groups: Vec<String>,
+}
 
 /// What a request wants to do, as the authorizer sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -202,8 +202,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::store::EventKind;
-    use crate::store::sqlite::{SqliteStore, SyncMode};
+    use crate::storage::EventKind;
+    use crate::storage::sqlite::{SqliteStore, SyncMode};
 
     fn cache(window: usize) -> (tempfile::TempDir, Arc<dyn Store>, Arc<WatchCache>) {
         let d = tempfile::tempdir().unwrap();

@@ -20,15 +20,15 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::api::{Api, DeleteOpts, ListOpts, WatchEvent, WatchOpts, WriteOpts};
-use crate::discovery::{self, Aggregated};
 use crate::error::ApiError;
+use crate::http::discovery::{self, Aggregated};
+use crate::http::table::{self, IncludeObject};
+use crate::http::tls::UserInfo;
 use crate::objects::{self, FieldValidation, MAX_BODY};
 use crate::patch;
+use crate::registry::{Api, DeleteOpts, ListOpts, WatchEvent, WatchOpts, WriteOpts};
 use crate::resources::{self, ResourceDef};
 use crate::selectors::{FieldSelector, LabelSelector};
-use crate::table::{self, IncludeObject};
-use crate::tls::UserInfo;
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -37,8 +37,8 @@ pub struct Server {
     pub api: Arc<Api>,
     pub tokens: HashMap<String, UserInfo>,
     pub server_address: String,
-    /// RBAC decisions (see [`crate::rbac`]).
-    pub authz: Arc<crate::rbac::Authorizer>,
+    /// RBAC decisions (see [`crate::registry::rbac`]).
+    pub authz: Arc<crate::registry::rbac::Authorizer>,
 }
 
 fn full(bytes: impl Into<Bytes>) -> Body {
@@ -311,14 +311,14 @@ impl Server {
         let mut req = req;
         let q = parse_query(req.uri().query());
         if let Some(u) = &mut user {
-            crate::authz::implied_groups(&u.name, &mut u.groups);
+            crate::registry::rbac::authz::implied_groups(&u.name, &mut u.groups);
         }
-        let anonymous = [crate::authz::UNAUTHENTICATED.to_string()];
+        let anonymous = [crate::registry::rbac::authz::UNAUTHENTICATED.to_string()];
         let (name, groups): (&str, &[String]) = match &user {
             Some(u) => (&u.name, &u.groups),
-            None => (crate::authz::ANONYMOUS, &anonymous),
+            None => (crate::registry::rbac::authz::ANONYMOUS, &anonymous),
         };
-        let attrs = crate::authz::request_attributes(name, groups, method.as_str(), &path, &q);
+        let attrs = crate::registry::rbac::authz::request_attributes(name, groups, method.as_str(), &path, &q);
         if !self.authz.authorize(&attrs).allowed {
             tracing::debug!(user = name, verb = attrs.verb, path, "forbidden");
             return error_response(&attrs.forbidden());
@@ -377,10 +377,10 @@ impl Server {
                 return Ok(r);
             }
             ["openapi", "v3"] if get => {
-                return Ok(json_response(StatusCode::OK, &crate::openapi::documents().index, &[]));
+                return Ok(json_response(StatusCode::OK, &crate::http::openapi::documents().index, &[]));
             }
             ["openapi", "v3", rest @ ..] if get => {
-                let doc = crate::openapi::documents().get(&rest.join("/")).ok_or(ApiError::NoRoute)?;
+                let doc = crate::http::openapi::documents().get(&rest.join("/")).ok_or(ApiError::NoRoute)?;
                 let mut r = Response::new(full(doc.json.clone()));
                 r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", doc.hash)) {
@@ -410,7 +410,7 @@ impl Server {
         let res = t.res;
         let ns = t.ns.as_deref();
         let user = parts.extensions.get::<UserInfo>().cloned();
-        if crate::rbac::is_review(res) {
+        if crate::registry::rbac::is_review(res) {
             let (true, None, None, Some(user)) = (parts.method == Method::POST, &t.name, &t.sub, user) else {
                 return Err(ApiError::MethodNotAllowed);
             };
@@ -418,13 +418,13 @@ impl Server {
             let opts = write_opts(&q, &headers)?;
             let obj = objects::decode_body(&content_type(&headers), &body)?;
             let (obj, warnings) = objects::check_schema(res.kind, obj, opts.field_validation)?;
-            let out = crate::rbac::review(&self.authz, res, &user, obj)?;
+            let out = crate::registry::rbac::review(&self.authz, res, &user, obj)?;
             return Ok(json_response(StatusCode::CREATED, &out, &warnings));
         }
         // Roles and bindings are admitted only without privilege escalation (see rbac::Authorizer::admit).
-        let admit = user.filter(|_| res.group == crate::authz::RBAC_GROUP).map(|u| {
+        let admit = user.filter(|_| res.group == crate::registry::rbac::authz::RBAC_GROUP).map(|u| {
             let authz = self.authz.clone();
-            crate::api::Admit(Arc::new(move |r: &ResourceDef, new: &Value, old: Option<&Value>| {
+            crate::registry::Admit(Arc::new(move |r: &ResourceDef, new: &Value, old: Option<&Value>| {
                 authz.admit(&u, r, new, old)
             }))
         });
@@ -737,7 +737,7 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener, tls: Arc<rustls::
                 .1
                 .peer_certificates()
                 .and_then(|c| c.first())
-                .and_then(|c| crate::tls::user_from_cert(c.as_ref()));
+                .and_then(|c| crate::http::tls::user_from_cert(c.as_ref()));
             let svc = hyper::service::service_fn(move |req| {
                 let server = server.clone();
                 let cu = cert_user.clone();

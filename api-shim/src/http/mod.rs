@@ -1,0 +1,12 @@
+//! The HTTP layer: transport (TLS, HTTP/1.1 and h2), authentication, authorization of each
+//! request, routing onto the registry, and everything that only exists on the wire: discovery,
+//! OpenAPI documents, Table output, protobuf request bodies, the PKI.
+//!
+//! It calls [`crate::registry`] for every verb and never touches [`crate::storage`] directly.
+
+pub mod discovery;
+pub mod openapi;
+pub mod proto;
+pub mod server;
+pub mod table;
+pub mod tls;
