@@ -39,15 +39,15 @@ pub mod http;
 pub mod registry;
 pub mod storage;
 
-// Pure Kubernetes semantics (task A moves these into `keelson-apimachinery`).
+// Server-side halves of the pure semantics (the pure parts are in `keelson-apimachinery`).
 pub mod apply;
 pub mod error;
-pub mod kinds;
 pub mod objects;
-pub mod patch;
-pub mod resources;
-pub mod selectors;
-pub mod validation;
+
+// The Kubernetes semantics live in keelson-apimachinery; these keep `crate::selectors::X` and
+// friends working. `objects`, `error` and `apply` are local modules that re-export the pure
+// module and add the server-only parts (protobuf, RBAC rules, store errors, the store round trip).
+pub use keelson_apimachinery::{kinds, patch, resources, selectors, validation};
 
 // The flat paths of before the layering, still named by the pure-semantics files above (until
 // they move out) and by tests in other crates (`store`). Nothing new should use them.
