@@ -3,11 +3,14 @@
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use keelson_agent::cgroups::CgroupFs;
-use keelson_agent::manager::{Manager, ManagerConfig};
+use keelson_agent::events::EventRing;
+use keelson_agent::netns::HostNamespaces;
 use keelson_agent::network::CniNetwork;
+use keelson_agent::podworker::{Manager, ManagerConfig, Seams};
 use keelson_agent::runtime::ContainerRuntime;
 use keelson_agent::runtime::containerd::Containerd;
 use keelson_agent::server::{self, StatusSource};
+use keelson_agent::status::LocalStatus;
 use keelson_agent::{cni, pod, static_pods};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -167,17 +170,18 @@ fn memory_capacity() -> i64 {
         .map_or(8 << 30, |kb| kb * 1024)
 }
 
-struct Status<R: ContainerRuntime> {
-    manager: Arc<Manager<R, CgroupFs, CniNetwork>>,
+struct Status {
+    pods: Arc<LocalStatus>,
+    events: Arc<EventRing>,
     manifest_errors: Arc<Mutex<Vec<keelson_agent::manifest::ManifestError>>>,
 }
 
-impl<R: ContainerRuntime> StatusSource for Status<R> {
+impl StatusSource for Status {
     fn pods(&self) -> Vec<k8s_openapi::api::core::v1::Pod> {
-        self.manager.shared.pods()
+        self.pods.pods()
     }
     fn events(&self) -> serde_json::Value {
-        serde_json::to_value(self.manager.shared.recent_events()).unwrap_or_default()
+        serde_json::to_value(self.events.recent()).unwrap_or_default()
     }
     fn manifest_errors(&self) -> serde_json::Value {
         let errs = self.manifest_errors.lock().map(|e| e.clone()).unwrap_or_default();
@@ -244,7 +248,8 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         memory_capacity: memory_capacity(),
         pids_limit: Some(a.pods_pids_limit),
         orphan_grace: a.orphan_grace,
-        oom_score_floor: keelson_agent::manager::oom_floor(),
+        oom_score_floor: keelson_agent::podworker::oom_floor(),
+        teardown_retry: Duration::from_millis(500),
     };
     if let Some(f) = cfg.oom_score_floor {
         warn!(
@@ -252,11 +257,20 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             "no CAP_SYS_RESOURCE: oom_score_adj values below {f} (Guaranteed pods, pause) are raised to {f}"
         );
     }
-    let manager = Manager::new(runtime, cgroups, network, cfg);
+    let pods = Arc::new(LocalStatus::new());
+    let events = Arc::new(EventRing::default());
+    let seams = Seams {
+        runtime,
+        cgroups,
+        network,
+        netns: Arc::new(HostNamespaces { run_dir: a.run_dir.clone() }),
+        status: pods.clone(),
+        events: events.clone(),
+    };
+    let manager = Manager::new(seams, cfg);
     manager.start().await?;
     let manifest_errors = Arc::new(Mutex::new(Vec::new()));
-    let status: Arc<dyn StatusSource> =
-        Arc::new(Status { manager: manager.clone(), manifest_errors: manifest_errors.clone() });
+    let status: Arc<dyn StatusSource> = Arc::new(Status { pods, events, manifest_errors: manifest_errors.clone() });
     let run_dir = a.run_dir.clone();
     tokio::spawn(async move {
         if let Err(e) = server::serve(&run_dir, status).await {
