@@ -9,10 +9,12 @@
 
 pub mod cgroups;
 pub mod cni;
+pub mod daemon;
 pub mod events;
 pub mod manifest;
 pub mod netns;
 pub mod network;
+pub mod node;
 pub mod oci;
 pub mod pod;
 pub mod podworker;
@@ -20,5 +22,5 @@ pub mod probe;
 pub mod quantity;
 pub mod runtime;
 pub mod server;
-pub mod static_pods;
+pub mod source;
 pub mod status;

@@ -8,6 +8,7 @@
 //! full pod and must be cheap and non-blocking.
 
 pub mod local;
+pub mod table;
 
 use k8s_openapi::api::core::v1::Pod;
 
