@@ -98,7 +98,7 @@ impl Config {
             listen,
             advertise: None,
             service_cidr: ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(10, 96, 0, 0), 12).unwrap_or_default(),
-            backend: Backend::Sqlite { sync: storage::sqlite::SyncMode::Normal },
+            backend: Backend::Sqlite { sync: storage::sqlite::SyncMode::Full },
             history: 10_000,
             compact_interval: Duration::from_secs(60),
             bookmark_interval: Duration::from_secs(5),
