@@ -245,6 +245,8 @@ async fn execute(client: &Client, kinds: &Kinds, op: &Op) -> Result<(), Error> {
                 return Ok(());
             }
             let refs: Vec<_> = cur.owner_references().iter().filter(|r| !uids.contains(&r.uid)).cloned().collect();
+            // An empty list is removed (null in a merge patch), as upstream leaves no `[]` behind.
+            let refs = if refs.is_empty() { serde_json::Value::Null } else { json!(refs) };
             let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": cur.resource_version()}});
             api.patch(&target.name, &PatchParams::default(), &Patch::Merge(patch)).await.map(drop)
         }
