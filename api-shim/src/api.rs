@@ -1024,6 +1024,19 @@ impl Api {
                 }
             }
             gc_finalizers(&mut new, opts.propagation.as_deref());
+            if res.kind == "Namespace" && obj.pointer("/metadata/deletionTimestamp").is_none() {
+                // The namespace controller must empty it first, also for namespaces stored
+                // without the finalizer (by older servers).
+                let spec = new.as_object_mut().map(|m| m.entry("spec").or_insert_with(|| json!({})));
+                if let Some(Value::Object(spec)) = spec {
+                    let f = spec.entry("finalizers").or_insert_with(|| json!([]));
+                    if let Value::Array(a) = f
+                        && !a.iter().any(|x| x == "kubernetes")
+                    {
+                        a.push(json!("kubernetes"));
+                    }
+                }
+            }
             let held_by_finalizers =
                 new.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
             let namespace_held = res.kind == "Namespace"

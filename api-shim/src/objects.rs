@@ -298,7 +298,14 @@ pub fn apply_defaults(res: &ResourceDef, obj: &mut Value) {
             set_default(obj, "/status/loadBalancer", json!({}));
         }
         "Namespace" => {
-            set_default(obj, "/spec/finalizers", json!(["kubernetes"]));
+            // Every namespace starts with the `kubernetes` finalizer, whatever the client sent
+            // (upstream's PrepareForCreate; protobuf clients send an empty list).
+            set_default(obj, "/spec/finalizers", json!([]));
+            if let Some(Value::Array(f)) = obj.pointer_mut("/spec/finalizers")
+                && !f.iter().any(|x| x == "kubernetes")
+            {
+                f.push(json!("kubernetes"));
+            }
             set_default(obj, "/status/phase", json!("Active"));
             if let Some(name) = str_at(obj, "/metadata/name").map(str::to_string)
                 && let Some(Value::Object(m)) = obj.get_mut("metadata")

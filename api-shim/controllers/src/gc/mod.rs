@@ -48,7 +48,7 @@ pub struct GcOpts {
 
 impl Default for GcOpts {
     fn default() -> Self {
-        GcOpts { resync: Duration::from_secs(30), debounce: Duration::from_millis(50), expect: Duration::from_secs(5) }
+        GcOpts { resync: Duration::from_secs(30), debounce: Duration::from_millis(100), expect: Duration::from_secs(5) }
     }
 }
 
