@@ -1309,4 +1309,67 @@ mod tests {
         assert_ne!(changed["metadata"]["resourceVersion"], rv);
         assert_eq!(store.current_revision().await.unwrap(), before + 1);
     }
+
+    #[tokio::test]
+    async fn delete_marks_what_is_held_and_the_last_finalizer_removal_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("db"), SyncMode::Normal).unwrap());
+        let api = Arc::new(Api::new(store, "10.96.0.0/12".parse().unwrap(), Duration::from_secs(5)));
+        let opts = WriteOpts { field_manager: "test".into(), ..Default::default() };
+        let nsres = resources::find("", "v1", "namespaces").unwrap();
+        let res = resources::find("", "v1", "configmaps").unwrap();
+        // A protobuf-style create with an empty finalizer list still gets `kubernetes`.
+        let ns =
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "n"}, "spec": {"finalizers": []}});
+        let (ns, _) = api.create(nsres, None, ns, &opts).await.unwrap();
+        assert_eq!(ns["spec"]["finalizers"], json!(["kubernetes"]));
+        let del = |p: &str| DeleteOpts { propagation: Some(p.into()), ..Default::default() };
+        for (name, policy, finalizer) in [
+            ("fg", "Foreground", Some("foregroundDeletion")),
+            ("or", "Orphan", Some("orphan")),
+            ("bg", "Background", None),
+        ] {
+            let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "n"}});
+            api.create(res, Some("n"), cm, &opts).await.unwrap();
+            let out = api.delete(res, Some("n"), name, &del(policy)).await.unwrap();
+            let stored = api.get(res, Some("n"), name).await;
+            match finalizer {
+                Some(f) => {
+                    assert_eq!(out["metadata"]["finalizers"], json!([f]), "{policy}");
+                    assert!(out["metadata"]["deletionTimestamp"].is_string(), "{policy}");
+                    assert!(stored.is_ok(), "{policy}: held by its finalizer");
+                    // Removing the last finalizer deletes it.
+                    let r = api.update_with(res, Some("n"), name, None, &opts, |cur| {
+                        let mut c = cur.clone();
+                        c["metadata"]["finalizers"] = json!([]);
+                        Ok((c, None))
+                    });
+                    r.await.unwrap();
+                    assert!(matches!(api.get(res, Some("n"), name).await, Err(ApiError::NotFound { .. })), "{policy}");
+                }
+                None => assert!(matches!(stored, Err(ApiError::NotFound { .. })), "{policy}: nothing holds it"),
+            }
+        }
+        // A namespace only turns Terminating; a plain update cannot drop its finalizer, the
+        // finalize subresource can, and that deletes it.
+        let out = api.delete(nsres, None, "n", &DeleteOpts::default()).await.unwrap();
+        assert_eq!(out["status"]["phase"], "Terminating");
+        let strip = |cur: &Value| {
+            let mut c = cur.clone();
+            c["spec"]["finalizers"] = json!([]);
+            c["metadata"]["labels"]["x"] = json!("y");
+            Ok((c, None))
+        };
+        let (kept, _) = api.update_with(nsres, None, "n", None, &opts, strip).await.unwrap();
+        assert_eq!(kept["spec"]["finalizers"], json!(["kubernetes"]));
+        let finalize = |cur: &Value| {
+            let mut c = cur.clone();
+            c["spec"]["finalizers"] = json!([]);
+            c["metadata"]["labels"]["x"] = json!("ignored");
+            Ok((c, None))
+        };
+        let (fin, _) = api.update_with(nsres, None, "n", Some("finalize"), &opts, finalize).await.unwrap();
+        assert_eq!(fin["metadata"]["labels"]["x"], "y", "finalize changes nothing but spec.finalizers");
+        assert!(matches!(api.get(nsres, None, "n").await, Err(ApiError::NotFound { .. })));
+    }
 }
