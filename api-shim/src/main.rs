@@ -43,6 +43,13 @@ struct Args {
     /// Seconds between watch bookmarks.
     #[arg(long, default_value_t = 5)]
     bookmark_interval: u64,
+    /// In-process controllers, upstream syntax: `*` (all), `name`, `-name`
+    /// (e.g. `*,-garbagecollector`; names: garbagecollector (gc), namespace).
+    #[arg(long, default_value = "*", value_delimiter = ',')]
+    controllers: Vec<String>,
+    /// Controllers to turn off (same names; `--disable-controllers=garbagecollector,namespace`).
+    #[arg(long, value_delimiter = ',')]
+    disable_controllers: Vec<String>,
 }
 
 #[tokio::main]
@@ -58,6 +65,8 @@ async fn main() -> anyhow::Result<()> {
     cfg.history = a.history;
     cfg.compact_interval = Duration::from_secs(a.compact_interval.max(1));
     cfg.bookmark_interval = Duration::from_secs(a.bookmark_interval.max(1));
+    cfg.controllers = a.controllers;
+    cfg.disable_controllers = a.disable_controllers;
     cfg.backend = match a.storage.as_str() {
         "sqlite" => Backend::Sqlite { sync: if a.unsafe_no_fsync { SyncMode::Normal } else { SyncMode::Full } },
         "etcd" => Backend::Etcd { endpoints: a.etcd_endpoints },
