@@ -6,12 +6,13 @@
 //! and validation, graceful pod deletion, finalizers, owner-reference cascading, namespace
 //! termination and ClusterIP/NodePort allocation.
 //!
-//! Files: [`read`] (list and watch), [`write`] (create and update), [`delete`] (delete, cascading,
+//! Files: [`read`] (list and watch), [`write`] (create and update), [`apply`] (server-side apply), [`delete`] (delete, cascading,
 //! namespace termination, the grace-period sweep), [`strategy`] (what differs per kind),
 //! [`subresources`] (scale and binding), [`rbac`] (the RBAC policy cache, bootstrap policy and
 //! access reviews). This layer uses [`crate::storage`] and the pure semantics (objects,
 //! validation, selectors, patch, apply); it never uses the HTTP layer above it.
 
+pub mod apply;
 pub mod delete;
 pub mod encode;
 pub mod rbac;
