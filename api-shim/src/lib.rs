@@ -25,8 +25,8 @@
 //!    ▼
 //!   storage   the `Store` trait: embedded SQLite log, etcd v3, the watch cache
 //!
-//!   pure semantics (objects, validation, selectors, patch, apply, error, resources, kinds):
-//!   used by every layer, use none of them
+//!   keelson-apimachinery (objects, validation, selectors, patch, apply, error, resources,
+//!   kinds): pure semantics used by every layer, using none of them
 //! ```
 //!
 //! An arrow is the only direction a `use` may point: `storage` names neither `registry` nor
@@ -41,22 +41,13 @@ pub mod http;
 pub mod registry;
 pub mod storage;
 
-// Server-side halves of the pure semantics (the pure parts are in `keelson-apimachinery`).
-pub mod apply;
-pub mod error;
-pub mod objects;
-
 // The Kubernetes semantics live in keelson-apimachinery; these keep `crate::selectors::X` and
-// friends working. `objects`, `error` and `apply` are local modules that re-export the pure
-// module and add the server-only parts (protobuf, RBAC rules, store errors, the store round trip).
-pub use keelson_apimachinery::{kinds, patch, resources, selectors, validation};
+// friends working. What of them needs the server (protobuf bodies, RBAC rules, store errors,
+// apply's store round trip) is in the layers: `http::request`, `registry::strategy`,
+// `storage`, `registry::apply`.
+pub use keelson_apimachinery::{apply, error, kinds, objects, patch, resources, selectors, validation};
 
-// The flat paths of before the layering, still named by the pure-semantics files above (until
-// they move out) and by tests in other crates (`store`). Nothing new should use them.
-pub use http::proto;
-pub use registry as api;
-pub use registry::rbac;
-pub use registry::rbac::authz;
+// The path of `storage` before the layering, still named by `tests/tests/api_store.rs`.
 pub use storage as store;
 
 use std::net::SocketAddr;

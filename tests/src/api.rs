@@ -200,6 +200,11 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 impl Etcd {
+    /// The etcd process id (tests pause it with SIGSTOP to make it unreachable).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn start() -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("keelson-etcd").tempdir()?;
         let (client, peer) = (free_port()?, free_port()?);

@@ -164,7 +164,7 @@ pub(super) fn delete_opts(
 ) -> Result<DeleteOpts, ApiError> {
     let mut o = DeleteOpts::default();
     if !body.is_empty() {
-        let v = objects::decode_body(&content_type(headers), body)?;
+        let v = decode_body(&content_type(headers), body)?;
         let (v, _) =
             objects::check_schema("DeleteOptions", merge_kind(v, "DeleteOptions", "v1"), FieldValidation::Ignore)?;
         o.grace_period = v.get("gracePeriodSeconds").and_then(Value::as_i64);
@@ -203,4 +203,29 @@ pub(super) fn merge_kind(mut v: Value, kind: &str, _api_version: &str) -> Value 
         m.insert("apiVersion".into(), json!("meta.k8s.io/v1"));
     }
     v
+}
+
+/// Parses a body per its Content-Type: protobuf here, JSON and YAML in the pure crate.
+pub(super) fn decode_body(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
+    let mime = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    if mime == "application/vnd.kubernetes.protobuf" {
+        return super::proto::decode(body).map_err(|e| match e {
+            super::proto::ProtoError::Unsupported(_) => ApiError::UnsupportedMediaType { accepted: e.to_string() },
+            other => ApiError::bad_request(format!("error decoding protobuf body: {other}")),
+        });
+    }
+    keelson_apimachinery::objects::decode_body(content_type, body)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn protobuf_is_decoded_here_and_json_by_the_pure_crate() {
+        assert_eq!(decode_body("application/vnd.kubernetes.protobuf", b"x").unwrap_err().code(), 400);
+        assert_eq!(decode_body("application/json", br#"{"a":1}"#).unwrap(), json!({"a": 1}));
+        assert_eq!(decode_body("application/cbor", b"x").unwrap_err().code(), 415);
+    }
 }

@@ -9,7 +9,9 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 
 use super::discovery::{self, Aggregated};
-use super::request::{Target, content_type, delete_opts, list_opts, parse_resource_path, read_body, write_opts};
+use super::request::{
+    Target, content_type, decode_body, delete_opts, list_opts, parse_resource_path, read_body, write_opts,
+};
 use super::response::{Body, full, json_response, render_one, wants, watch_response};
 use super::server::Server;
 use super::table;
@@ -105,7 +107,7 @@ impl Server {
             };
             let body = read_body(body).await?;
             let opts = write_opts(&q, &headers)?;
-            let obj = objects::decode_body(&content_type(&headers), &body)?;
+            let obj = decode_body(&content_type(&headers), &body)?;
             let (obj, warnings) = objects::check_schema(res.kind, obj, opts.field_validation)?;
             let out = crate::registry::rbac::review(&self.authz, res, &user, obj)?;
             return Ok(json_response(StatusCode::CREATED, &out, &warnings));
@@ -170,13 +172,13 @@ impl Server {
                 let w = wants(&headers, &q)?;
                 let body = read_body(body).await?;
                 let opts = write_opts(&q, &headers)?;
-                let obj = objects::decode_body(&content_type(&headers), &body)?;
+                let obj = decode_body(&content_type(&headers), &body)?;
                 let (obj, warnings) = api.create(res, ns, obj, &opts).await?;
                 Ok(render_one(res, &obj, w, StatusCode::CREATED, &warnings))
             }
             (Method::POST, Some(name), Some("binding")) => {
                 let body = read_body(body).await?;
-                let b = objects::decode_body(&content_type(&headers), &body)?;
+                let b = decode_body(&content_type(&headers), &body)?;
                 let ns = ns.unwrap_or("default");
                 let status = api.bind(ns, name, &b).await?;
                 Ok(json_response(StatusCode::CREATED, &status, &[]))
@@ -185,7 +187,7 @@ impl Server {
                 let w = wants(&headers, &q)?;
                 let body = read_body(body).await?;
                 let opts = write_opts(&q, &headers)?;
-                let obj = objects::decode_body(&content_type(&headers), &body)?;
+                let obj = decode_body(&content_type(&headers), &body)?;
                 if sub == Some("scale") {
                     let out = api.update_scale(res, ns, name, &opts, |_| Ok(obj.clone())).await?;
                     return Ok(json_response(StatusCode::OK, &out, &[]));
@@ -201,7 +203,7 @@ impl Server {
                 let mut opts = write_opts(&q, &headers)?;
                 let ct = content_type(&headers);
                 let mime = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-                let patch_doc = objects::decode_body(&ct, &body)?;
+                let patch_doc = decode_body(&ct, &body)?;
                 if mime == "application/apply-patch+yaml" || mime == "application/apply-patch+cbor" {
                     if mime.ends_with("cbor") {
                         return Err(ApiError::UnsupportedMediaType { accepted: "application/apply-patch+yaml".into() });
@@ -216,8 +218,7 @@ impl Server {
                     if opts.field_validation == FieldValidation::Warn && !q.contains_key("fieldValidation") {
                         opts.field_validation = FieldValidation::Strict;
                     }
-                    let (out, warnings, created) =
-                        crate::apply::server_side_apply(api, res, ns, name, sub, patch_doc, &opts, force).await?;
+                    let (out, warnings, created) = api.apply(res, ns, name, sub, patch_doc, &opts, force).await?;
                     let code = if created { StatusCode::CREATED } else { StatusCode::OK };
                     return Ok(render_one(res, &out, w, code, &warnings));
                 }

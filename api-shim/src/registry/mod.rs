@@ -1,17 +1,23 @@
 //! The registry layer: the verbs (get, list, watch, create, update, patch, delete,
 //! deletecollection) and the subresources on generic JSON objects stored through [`Store`].
 //!
-//! The HTTP layer only parses requests and renders responses; everything with
-//! Kubernetes semantics lives here: resourceVersion handling, optimistic concurrency, defaulting
-//! and validation, graceful pod deletion, finalizers and ClusterIP/NodePort allocation. Cascading
+//! The HTTP layer only parses requests and renders responses; everything with Kubernetes
+//! semantics lives here: resourceVersion handling, optimistic concurrency, defaulting and
+//! validation, graceful pod deletion, finalizers and ClusterIP/NodePort allocation. Cascading
 //! (ownerReferences) and namespace cleanup are the controllers' (`keelson-controllers`).
 //!
-//! Files: [`read`] (list and watch), [`write`] (create and update), [`delete`] (delete marking,
-//! the grace-period sweep), [`strategy`] (what differs per kind),
-//! [`subresources`] (scale and binding), [`rbac`] (the RBAC policy cache, bootstrap policy and
-//! access reviews). This layer uses [`crate::storage`] and the pure semantics (objects,
-//! validation, selectors, patch, apply); it never uses the HTTP layer above it.
+//! The verbs are generic; what differs per kind sits behind one [`strategy::Strategy`] per kind
+//! (as kube-apiserver's `pkg/registry/<group>/<kind>/strategy.go` behind its generic store).
+//!
+//! Files: [`read`] (list and watch), [`write`] (create and update), [`apply`] (server-side
+//! apply), [`delete`] (delete marking with finalizers, the
+//! grace-period sweep), [`strategy`]
+//! (what differs per kind, the Service allocators), [`subresources`] (scale and binding),
+//! [`rbac`] (the RBAC policy cache, bootstrap policy and access reviews), [`encode`] (JSON in
+//! upstream's field order). This layer uses [`crate::storage`] and keelson-apimachinery; it
+//! never uses the HTTP layer above it.
 
+pub mod apply;
 pub mod delete;
 pub mod encode;
 pub mod rbac;

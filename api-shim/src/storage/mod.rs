@@ -146,3 +146,16 @@ pub fn prefix_end(prefix: &str) -> String {
     // Only reached for an empty or all-0x7f prefix: everything sorts below this.
     "\u{7f}".to_string()
 }
+
+/// Storage failures as clients see them: a compacted revision is 410 Gone (clients relist),
+/// anything else a 500.
+impl From<StoreError> for crate::error::ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Compacted { requested, compacted } => {
+                crate::error::ApiError::Gone { message: format!("too old resource version: {requested} ({compacted})") }
+            }
+            other => crate::error::ApiError::internal(other),
+        }
+    }
+}

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 pub use self::alloc::{AllocError, Allocator};
 use self::service::ServiceStrategy;
-use super::{meta_str, status_has_terminal_phase};
+use super::{meta_str, rbac, status_has_terminal_phase};
 use crate::error::ApiError;
 use crate::objects;
 use crate::resources::ResourceDef;
@@ -151,6 +151,24 @@ pub fn ensure_kubernetes_finalizer(obj: &mut Value) {
     }
 }
 
+/// Roles and bindings: subjects defaulted, rules and references validated by the RBAC code
+/// (which shares the authorizer's rule parser).
+#[derive(Debug, Default)]
+pub struct RbacStrategy;
+
+impl Strategy for RbacStrategy {
+    fn defaults(&self, res: &ResourceDef, obj: &mut Value) {
+        objects::apply_defaults(res, obj);
+        if matches!(res.kind, "RoleBinding" | "ClusterRoleBinding") {
+            rbac::apply_defaults(obj);
+        }
+    }
+
+    fn validate(&self, res: &ResourceDef, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
+        objects::validate_with(res, obj, old, |causes| rbac::validate(res, obj, old, causes))
+    }
+}
+
 /// Jobs: a generated selector.
 #[derive(Debug, Default)]
 pub struct JobStrategy;
@@ -168,6 +186,7 @@ pub struct Strategies {
     pub pod: PodStrategy,
     namespace: NamespaceStrategy,
     job: JobStrategy,
+    rbac: RbacStrategy,
     generic: Generic,
 }
 
@@ -178,6 +197,7 @@ impl Strategies {
             pod: PodStrategy { graceful },
             namespace: NamespaceStrategy,
             job: JobStrategy,
+            rbac: RbacStrategy,
             generic: Generic,
         }
     }
@@ -188,6 +208,7 @@ impl Strategies {
             ("", "Pod") => &self.pod,
             ("", "Namespace") => &self.namespace,
             ("batch", "Job") => &self.job,
+            (objects::RBAC_GROUP, _) => &self.rbac,
             _ => &self.generic,
         }
     }
@@ -254,6 +275,24 @@ mod tests {
         let mut cm = json!({"metadata": {"name": "c"}});
         s.of(res("configmaps")).prepare_for_create(&mut cm);
         assert_eq!(cm, json!({"metadata": {"name": "c"}}));
+    }
+
+    #[test]
+    fn rbac_rules_are_validated_and_subjects_defaulted() {
+        let s = strategies();
+        let rb = resources::find("rbac.authorization.k8s.io", "v1", "rolebindings").unwrap();
+        let mut obj = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "system:x", "namespace": "default"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "r"},
+            "subjects": [{"kind": "User", "name": "u"}]});
+        s.of(rb).defaults(rb, &mut obj);
+        assert_eq!(obj["subjects"][0]["apiGroup"], "rbac.authorization.k8s.io");
+        s.of(rb).validate(rb, &obj, None).unwrap();
+        obj["roleRef"]["kind"] = json!("Pod");
+        let ApiError::Invalid { causes, .. } = s.of(rb).validate(rb, &obj, None).unwrap_err() else {
+            panic!("not Invalid")
+        };
+        assert_eq!(causes[0].field, "roleRef.kind");
     }
 
     #[test]
