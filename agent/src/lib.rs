@@ -13,7 +13,6 @@ pub mod network;
 pub mod oci;
 pub mod pod;
 pub mod probe;
-pub mod quantity;
 pub mod runtime;
 pub mod server;
 pub mod static_pods;

@@ -219,8 +219,8 @@ fn validate_container(c: &Container, f: &str, init: bool) -> Result<(), FieldErr
         for (kind, map) in [("limits", &r.limits), ("requests", &r.requests)] {
             for (res, q) in map.iter().flatten() {
                 let parsed = match res.as_str() {
-                    "cpu" => crate::quantity::to_milli(q).map(|_| ()),
-                    _ => crate::quantity::to_bytes(q).map(|_| ()),
+                    "cpu" => keelson_apimachinery::quantity::to_milli(q).map(|_| ()),
+                    _ => keelson_apimachinery::quantity::to_bytes(q).map(|_| ()),
                 };
                 if let Err(e) = parsed {
                     return err(&format!("resources.{kind}.{res}"), format!("invalid quantity {:?}: {e}", q.0));

@@ -7,6 +7,8 @@
 //!
 //! - [`objects`]: strict decoding (unknown fields), defaulting and validation per kind.
 //! - [`validation`]: kind-specific rules beyond the common ones.
+//! - [`quantity`]: resource quantities (parse, compare, canonical form).
+//! - [`qos`]: the pod QoS class.
 //! - [`selectors`]: label and field selectors.
 //! - [`patch`]: JSON patch, merge patch and strategic merge patch.
 //! - [`apply`]: managed fields and the pure half of server-side apply.
@@ -18,6 +20,8 @@ pub mod error;
 pub mod kinds;
 pub mod objects;
 pub mod patch;
+pub mod qos;
+pub mod quantity;
 pub mod resources;
 pub mod selectors;
 pub mod validation;

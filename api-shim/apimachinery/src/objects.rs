@@ -72,7 +72,7 @@ fn normalize_quantities(v: &mut Value, under_quantity_map: bool) {
     match v {
         Value::Object(m) => {
             for (k, child) in m.iter_mut() {
-                let qmap = matches!(k.as_str(), "limits" | "requests" | "capacity" | "allocatable" | "hard" | "used");
+                let qmap = is_quantity_map(k);
                 if (under_quantity_map || k == "sizeLimit") && child.is_number() {
                     *child = Value::String(child.to_string());
                 } else {
@@ -128,9 +128,11 @@ fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<Strin
 /// Checks `obj` against the schema of `kind`; returns the pruned object and warnings.
 pub fn check_schema(kind: &str, mut obj: Value, fv: FieldValidation) -> Result<(Value, Vec<String>), ApiError> {
     normalize_quantities(&mut obj, false);
-    let out = roundtrip(kind, obj.clone()).map_err(|e| ApiError::bad_request(format!("error decoding {kind}: {e}")))?;
+    let mut out =
+        roundtrip(kind, obj.clone()).map_err(|e| ApiError::bad_request(format!("error decoding {kind}: {e}")))?;
     let mut unknown = Vec::new();
     unknown_fields(&obj, &out, "", &mut unknown);
+    canonicalize_quantities(&mut out, false);
     let mut warnings = Vec::new();
     if !unknown.is_empty() {
         match fv {
@@ -316,32 +318,10 @@ fn template_defaults(obj: &mut Value) {
     }
 }
 
-/// Pod QoS class from container resources.
+/// Pod QoS class from container resources (see [`crate::qos`]).
 pub fn pod_qos(pod: &Value) -> &'static str {
-    let cs = pod.pointer("/spec/containers").and_then(Value::as_array).cloned().unwrap_or_default();
-    let mut any = false;
-    let mut guaranteed = !cs.is_empty();
-    for c in &cs {
-        let req = c.pointer("/resources/requests").and_then(Value::as_object);
-        let lim = c.pointer("/resources/limits").and_then(Value::as_object);
-        if req.is_some_and(|r| !r.is_empty()) || lim.is_some_and(|l| !l.is_empty()) {
-            any = true;
-        }
-        for r in ["cpu", "memory"] {
-            let l = lim.and_then(|l| l.get(r));
-            let q = req.and_then(|q| q.get(r)).or(l);
-            if l.is_none() || q != l {
-                guaranteed = false;
-            }
-        }
-    }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
+    let spec = pod.get("spec").unwrap_or(&Value::Null);
+    crate::qos::qos_class(crate::qos::containers_of_json(spec)).as_str()
 }
 
 // ---------------------------------------------------------------- validation
@@ -381,21 +361,76 @@ fn is_label_value(s: &str) -> bool {
             && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric())
 }
 
-/// Kubernetes resource quantity syntax (`100m`, `1.5Gi`, `2e3`).
+/// Whether `s` parses as a Kubernetes quantity (upstream's `ParseQuantity`, see
+/// [`crate::quantity`]; note `-`, `+`, `.` and `m` parse, as zero, like upstream).
 pub fn is_quantity(s: &str) -> bool {
-    let s = s.strip_prefix(['+', '-']).unwrap_or(s);
-    let num_end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let (num, suffix) = s.split_at(num_end);
-    if num.is_empty() || num == "." || num.matches('.').count() > 1 {
-        return false;
-    }
-    match suffix {
-        "" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" | "n" | "u" | "m" | "k" | "M" | "G" | "T" | "P" | "E" => true,
-        e if e.starts_with(['e', 'E']) => {
-            let exp = e[1..].strip_prefix(['+', '-']).unwrap_or(&e[1..]);
-            !exp.is_empty() && exp.bytes().all(|b| b.is_ascii_digit())
+    crate::quantity::parse(s).is_ok()
+}
+
+/// Keys whose value is a map of resource name → quantity, wherever they appear (containers,
+/// pod overhead, node capacity, PVC requests, quota hard/used).
+fn is_quantity_map(key: &str) -> bool {
+    matches!(key, "limits" | "requests" | "capacity" | "allocatable" | "hard" | "used" | "overhead")
+}
+
+/// Replaces every quantity the schema holds by its canonical form (`1.5` → `1500m`), as
+/// upstream's decode and re-encode does. Unparseable ones stay for validation to name.
+fn canonicalize_quantities(v: &mut Value, under_quantity_map: bool) {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m.iter_mut() {
+                match child {
+                    Value::String(s) if under_quantity_map || k == "sizeLimit" => {
+                        if let Ok(c) = crate::quantity::canonicalize(s) {
+                            *s = c;
+                        }
+                    }
+                    _ => canonicalize_quantities(child, is_quantity_map(k)),
+                }
+            }
         }
-        _ => false,
+        Value::Array(a) => a.iter_mut().for_each(|c| canonicalize_quantities(c, false)),
+        _ => {}
+    }
+}
+
+/// Every quantity of the object must parse and be at least zero (upstream's
+/// `ValidateResourceQuantityValue` / `ValidateNonnegativeQuantity`), wherever it sits.
+fn validate_quantities(v: &Value, path: &str, under_quantity_map: bool, causes: &mut Vec<Cause>) {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m {
+                let field = if under_quantity_map {
+                    format!("{path}[{k}]")
+                } else if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match child {
+                    Value::String(s) if under_quantity_map || k == "sizeLimit" => {
+                        match crate::quantity::parse(s.trim()) {
+                            Err(_) => causes.push(Cause::invalid(
+                                field,
+                                s,
+                                "must match the regex ^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$",
+                            )),
+                            Ok(q) if q.is_negative() => {
+                                causes.push(Cause::invalid(field, q, crate::quantity::NEGATIVE_MESSAGE))
+                            }
+                            Ok(_) => {}
+                        }
+                    }
+                    _ => validate_quantities(child, &field, is_quantity_map(k), causes),
+                }
+            }
+        }
+        Value::Array(a) => {
+            for (i, c) in a.iter().enumerate() {
+                validate_quantities(c, &format!("{path}[{i}]"), false, causes);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -457,23 +492,6 @@ fn validate_labels(labels: Option<&Value>, field: &str, causes: &mut Vec<Cause>)
     }
 }
 
-fn validate_resources(c: &Value, path: &str, causes: &mut Vec<Cause>) {
-    for part in ["limits", "requests"] {
-        if let Some(Value::Object(m)) = c.pointer(&format!("/resources/{part}")) {
-            for (k, v) in m {
-                let s = v.as_str().unwrap_or_default();
-                if !is_quantity(s) {
-                    causes.push(Cause::invalid(
-                        format!("{path}.resources.{part}[{k}]"),
-                        s,
-                        "must match the regex ^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$",
-                    ));
-                }
-            }
-        }
-    }
-}
-
 /// Validates a pod spec at `path` (e.g. `spec` or `spec.template.spec`).
 fn validate_pod_spec(spec: Option<&Value>, path: &str, causes: &mut Vec<Cause>) {
     let Some(spec) = spec else {
@@ -524,7 +542,6 @@ fn validate_pod_spec(spec: Option<&Value>, path: &str, causes: &mut Vec<Cause>) 
                     ));
                 }
             }
-            validate_resources(c, &cp, causes);
         }
     }
     if let Some(rp) = spec.get("restartPolicy").and_then(Value::as_str)
@@ -665,6 +682,7 @@ pub fn validate_with(
         }
         _ => {}
     }
+    validate_quantities(obj, "", false, &mut causes);
     extra(&mut causes);
     crate::validation::validate_kind(res, obj, old, &mut causes);
     if let Some(old) = old {
@@ -849,10 +867,11 @@ mod tests {
         assert!(validate(res, &new, Some(&old)).is_err());
         new["spec"]["clusterIP"] = json!("");
         assert!(validate(res, &new, Some(&old)).is_ok());
-        for q in ["1", "100m", "1.5Gi", "2e3", "+1k", ".5"] {
+        // Upstream parses "-", "+", "." and a bare "m" as zero.
+        for q in ["1", "100m", "1.5Gi", "2e3", "+1k", ".5", "-", "+", ".", "m"] {
             assert!(is_quantity(q), "{q}");
         }
-        for q in ["", "1.2.3", "1Q", "m", "1e"] {
+        for q in ["", "1.2.3", "1Q", "1e", " 1"] {
             assert!(!is_quantity(q), "{q}");
         }
     }
