@@ -21,6 +21,16 @@ pub fn decode_body(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
     keelson_apimachinery::objects::decode_body(content_type, body)
 }
 
+/// [`decode_body`] for objects being written, with upstream's duplicate-key handling per
+/// `fieldValidation` (see [`keelson_apimachinery::objects::decode_object`]); returns warnings.
+pub fn decode_object(content_type: &str, body: &[u8], fv: FieldValidation) -> Result<(Value, Vec<String>), ApiError> {
+    let mime = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    if mime == "application/vnd.kubernetes.protobuf" {
+        return decode_body(content_type, body).map(|v| (v, Vec::new()));
+    }
+    keelson_apimachinery::objects::decode_object(content_type, body, fv)
+}
+
 /// Create-time defaults for `res`, RBAC subjects included.
 pub fn apply_defaults(res: &ResourceDef, obj: &mut Value) {
     keelson_apimachinery::objects::apply_defaults(res, obj);

@@ -481,8 +481,10 @@ impl Server {
                 let w = wants(&headers, &q)?;
                 let body = read_body(body).await?;
                 let opts = write_opts(&q, &headers)?;
-                let obj = objects::decode_body(&content_type(&headers), &body)?;
-                let (obj, warnings) = api.create(res, ns, obj, &opts).await?;
+                let (obj, mut warnings) =
+                    objects::decode_object(&content_type(&headers), &body, opts.field_validation)?;
+                let (obj, w2) = api.create(res, ns, obj, &opts).await?;
+                warnings.extend(w2);
                 Ok(render_one(res, &obj, w, StatusCode::CREATED, &warnings))
             }
             (Method::POST, Some(name), Some("binding")) => {
@@ -496,13 +498,14 @@ impl Server {
                 let w = wants(&headers, &q)?;
                 let body = read_body(body).await?;
                 let opts = write_opts(&q, &headers)?;
-                let obj = objects::decode_body(&content_type(&headers), &body)?;
+                let (obj, mut warnings) =
+                    objects::decode_object(&content_type(&headers), &body, opts.field_validation)?;
                 if sub == Some("scale") {
                     return self.scale_update(res, ns, name, &opts, |_| Ok(obj.clone())).await;
                 }
                 let rv = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string);
-                let (out, warnings) =
-                    api.update_with(res, ns, name, sub, &opts, |_| Ok((obj.clone(), rv.clone()))).await?;
+                let (out, w2) = api.update_with(res, ns, name, sub, &opts, |_| Ok((obj.clone(), rv.clone()))).await?;
+                warnings.extend(w2);
                 Ok(render_one(res, &out, w, StatusCode::OK, &warnings))
             }
             (Method::PATCH, Some(name), sub) => {

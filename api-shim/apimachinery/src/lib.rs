@@ -10,6 +10,7 @@
 //! - [`quantity`]: resource quantities (parse, compare, canonical form).
 //! - [`qos`]: the pod QoS class.
 //! - [`selectors`]: label and field selectors.
+//! - [`strict`]: JSON decoding that reports duplicate keys.
 //! - [`patch`]: JSON patch, merge patch and strategic merge patch.
 //! - [`apply`]: managed fields and the pure half of server-side apply.
 //! - [`error`]: the `Status`/cause error type the validators return.
@@ -24,4 +25,5 @@ pub mod qos;
 pub mod quantity;
 pub mod resources;
 pub mod selectors;
+pub mod strict;
 pub mod validation;

@@ -58,6 +58,26 @@ pub fn decode_body(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
     }
 }
 
+/// [`decode_body`] for objects being written: a JSON key given twice is an error under
+/// `Strict` (400 `strict decoding error: duplicate field "a.b"`, as upstream) and a warning under
+/// `Warn`; returns the object and the warnings.
+pub fn decode_object(content_type: &str, body: &[u8], fv: FieldValidation) -> Result<(Value, Vec<String>), ApiError> {
+    let mime = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    if !matches!(mime.as_str(), "application/json" | "") {
+        return decode_body(content_type, body).map(|v| (v, Vec::new()));
+    }
+    let (v, dups) = crate::strict::from_slice_with_duplicates(body)
+        .map_err(|e| ApiError::bad_request(format!("error decoding JSON body: {e}")))?;
+    let msgs: Vec<String> = dups.iter().map(|d| format!("duplicate field \"{d}\"")).collect();
+    match fv {
+        FieldValidation::Strict if !msgs.is_empty() => {
+            Err(ApiError::bad_request(format!("strict decoding error: {}", msgs.join(", "))))
+        }
+        FieldValidation::Warn => Ok((v, msgs)),
+        _ => Ok((v, Vec::new())),
+    }
+}
+
 fn decode_yaml(body: &[u8]) -> Result<Value, ApiError> {
     // serde_yaml bounds recursion depth and alias expansion ("repetition limit"), so alias bombs
     // and deep nesting fail fast instead of exhausting memory.
@@ -611,6 +631,41 @@ pub fn path_segment_name_error(name: &str) -> Option<&'static str> {
     bad.then_some("may not be '.' or '..' and may not contain '/' or '%'")
 }
 
+/// Upstream's `MaxSecretSize`, the cap on the data of one ConfigMap or Secret.
+pub const MAX_DATA_SIZE: usize = 1024 * 1024;
+
+/// Decoded length of a base64 value (the schema check has made sure it is base64).
+fn base64_len(s: &str) -> usize {
+    s.trim_end_matches('=').len() * 3 / 4
+}
+
+/// The size cap of ConfigMaps (`data` + `binaryData`, reported on the whole object as `[]`) and
+/// Secrets (`data` with `stringData` merged in, reported on `data`), as upstream.
+fn data_size_cause(kind: &str, obj: &Value) -> Option<Cause> {
+    let map = |k: &str| obj.get(k).and_then(Value::as_object);
+    let text = |v: &Value| v.as_str().map_or(0, str::len);
+    let binary = |v: &Value| v.as_str().map_or(0, base64_len);
+    let (total, field) = if kind == "ConfigMap" {
+        let data: usize = map("data").into_iter().flatten().map(|(_, v)| text(v)).sum();
+        let bin: usize = map("binaryData").into_iter().flatten().map(|(_, v)| binary(v)).sum();
+        (data + bin, "[]")
+    } else {
+        let string = map("stringData");
+        let data: usize = map("data")
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| string.is_none_or(|s| !s.contains_key(*k)))
+            .map(|(_, v)| binary(v))
+            .sum();
+        (data + string.into_iter().flatten().map(|(_, v)| text(v)).sum::<usize>(), "data")
+    };
+    (total > MAX_DATA_SIZE).then(|| Cause {
+        reason: "FieldValueTooLong",
+        field: field.into(),
+        message: format!("Too long: must have at most {MAX_DATA_SIZE} bytes"),
+    })
+}
+
 /// Validates an object for create (or update, when `old` is given).
 pub fn validate(res: &ResourceDef, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
     validate_with(res, obj, old, |_| {})
@@ -678,6 +733,9 @@ pub fn validate_with(
                         }
                     }
                 }
+            }
+            if let Some(c) = data_size_cause(res.kind, obj) {
+                causes.push(c);
             }
         }
         _ => {}
@@ -874,6 +932,84 @@ mod tests {
         for q in ["", "1.2.3", "1Q", "1e", " 1"] {
             assert!(!is_quantity(q), "{q}");
         }
+    }
+
+    #[test]
+    fn configmap_and_secret_data_is_capped_at_one_mebibyte() {
+        use base64::Engine as _;
+        let cm_res = find("", "v1", "configmaps").unwrap();
+        let half = "x".repeat(MAX_DATA_SIZE / 2);
+        let mut cm = json!({"metadata": {"name": "c"}, "data": {"a": half, "b": half}});
+        assert!(validate(cm_res, &cm, None).is_ok(), "exactly 1 MiB is allowed");
+        let b64 = base64::engine::general_purpose::STANDARD.encode([7u8]);
+        cm["binaryData"] = json!({"c": b64});
+        let ApiError::Invalid { causes, .. } = validate(cm_res, &cm, None).unwrap_err() else { panic!() };
+        assert_eq!(
+            (causes[0].reason, causes[0].field.as_str(), causes[0].message.as_str()),
+            ("FieldValueTooLong", "[]", "Too long: must have at most 1048576 bytes")
+        );
+        let err = validate(cm_res, &cm, None).unwrap_err();
+        assert_eq!(err.code(), 422);
+        assert!(err.to_string().contains("[]: Too long: must have at most 1048576 bytes"), "{err}");
+
+        let secret_res = find("", "v1", "secrets").unwrap();
+        let full = base64::engine::general_purpose::STANDARD.encode(vec![0u8; MAX_DATA_SIZE]);
+        let mut secret = json!({"metadata": {"name": "s"}, "data": {"a": full}});
+        assert!(validate(secret_res, &secret, None).is_ok());
+        secret["stringData"] = json!({"b": "y"});
+        let ApiError::Invalid { causes, .. } = validate(secret_res, &secret, None).unwrap_err() else { panic!() };
+        assert_eq!((causes[0].field.as_str(), causes[0].reason), ("data", "FieldValueTooLong"));
+        // stringData replaces the data key of the same name rather than adding to it.
+        secret["stringData"] = json!({"a": "y"});
+        assert!(validate(secret_res, &secret, None).is_ok());
+    }
+
+    #[test]
+    fn duplicate_json_keys_follow_field_validation() {
+        let body = br#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "name": "b"}}"#;
+        let err = decode_object("application/json", body, FieldValidation::Strict).unwrap_err();
+        assert_eq!(err.code(), 400);
+        assert_eq!(err.to_string(), r#"strict decoding error: duplicate field "metadata.name""#);
+        let (v, warnings) = decode_object("application/json", body, FieldValidation::Warn).unwrap();
+        assert_eq!(
+            (v["metadata"]["name"].as_str(), warnings),
+            (Some("b"), vec![r#"duplicate field "metadata.name""#.to_string()])
+        );
+        let (_, warnings) = decode_object("application/json; charset=utf-8", body, FieldValidation::Ignore).unwrap();
+        assert!(warnings.is_empty());
+    }
+
+    #[test]
+    fn negative_quantities_are_refused_and_canonical_ones_stored() {
+        let res = find("", "v1", "pods").unwrap();
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [
+            {"name": "c", "image": "i", "resources": {"requests": {"cpu": "1.5", "memory": "-5Mi"}, "limits": {"cpu": "0.0001m"}}}
+        ], "overhead": {"memory": "-1"}}});
+        let (stored, _) = check_schema("Pod", pod, FieldValidation::Strict).unwrap();
+        let r = &stored["spec"]["containers"][0]["resources"];
+        assert_eq!((r["requests"]["cpu"].as_str(), r["limits"]["cpu"].as_str()), (Some("1500m"), Some("100n")));
+        let ApiError::Invalid { causes, .. } = validate(res, &stored, None).unwrap_err() else { panic!() };
+        let got: Vec<(&str, &str)> = causes.iter().map(|c| (c.field.as_str(), c.message.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "spec.containers[0].resources.requests[memory]",
+                    "Invalid value: \"-5Mi\": must be greater than or equal to 0"
+                ),
+                ("spec.overhead[memory]", "Invalid value: \"-1\": must be greater than or equal to 0"),
+                // Compared exactly, not as floats: 1500m > 100n.
+                (
+                    "spec.containers[0].resources.requests",
+                    "Invalid value: \"1500m\": must be less than or equal to cpu limit of 100n"
+                ),
+            ]
+        );
+        let node = find("", "v1", "nodes").unwrap();
+        let n = json!({"metadata": {"name": "n"}, "status": {"capacity": {"cpu": "-2"}, "allocatable": {"cpu": "x"}}});
+        let ApiError::Invalid { causes, .. } = validate(node, &n, None).unwrap_err() else { panic!() };
+        let fields: Vec<&str> = causes.iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(fields, ["status.allocatable[cpu]", "status.capacity[cpu]"]);
     }
 
     #[test]
