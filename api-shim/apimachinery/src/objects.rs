@@ -145,14 +145,22 @@ fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<Strin
     }
 }
 
-/// Checks `obj` against the schema of `kind`; returns the pruned object and warnings.
-pub fn check_schema(kind: &str, mut obj: Value, fv: FieldValidation) -> Result<(Value, Vec<String>), ApiError> {
+/// Decodes `obj` as `kind`: returns the object as the schema has it (unknown fields dropped,
+/// quantities canonical) and the paths of the unknown fields (`spec.containers[0].imagePullPolicyy`),
+/// or the type error. The agent's static-pod decoding and [`check_schema`] share it.
+pub fn prune_unknown(kind: &str, mut obj: Value) -> Result<(Value, Vec<String>), String> {
     normalize_quantities(&mut obj, false);
-    let mut out =
-        roundtrip(kind, obj.clone()).map_err(|e| ApiError::bad_request(format!("error decoding {kind}: {e}")))?;
+    let mut out = roundtrip(kind, obj.clone())?;
     let mut unknown = Vec::new();
     unknown_fields(&obj, &out, "", &mut unknown);
     canonicalize_quantities(&mut out, false);
+    Ok((out, unknown))
+}
+
+/// Checks `obj` against the schema of `kind`; returns the pruned object and warnings.
+pub fn check_schema(kind: &str, obj: Value, fv: FieldValidation) -> Result<(Value, Vec<String>), ApiError> {
+    let (out, unknown) =
+        prune_unknown(kind, obj).map_err(|e| ApiError::bad_request(format!("error decoding {kind}: {e}")))?;
     let mut warnings = Vec::new();
     if !unknown.is_empty() {
         match fv {
@@ -346,7 +354,7 @@ pub fn pod_qos(pod: &Value) -> &'static str {
 
 // ---------------------------------------------------------------- validation
 
-pub(crate) fn is_dns_label(s: &str) -> bool {
+pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
@@ -358,7 +366,7 @@ pub fn is_dns_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
-pub(crate) fn is_qualified_name(s: &str) -> bool {
+pub fn is_qualified_name(s: &str) -> bool {
     let (prefix, name) = match s.rsplit_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, s),
@@ -373,7 +381,7 @@ pub(crate) fn is_qualified_name(s: &str) -> bool {
         && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric()
 }
 
-fn is_label_value(s: &str) -> bool {
+pub fn is_label_value(s: &str) -> bool {
     s.is_empty()
         || (s.len() <= 63
             && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
