@@ -5,8 +5,10 @@
 //! token and client-certificate auth, RBAC authorization, discovery (legacy and aggregated),
 //! OpenAPI v3 for server-side field validation, list/watch with real resourceVersion semantics,
 //! all patch types including server-side apply, validation with field causes, Table output, and
-//! storage in an embedded SQLite log (default) or etcd v3. Controllers and the scheduler live
-//! elsewhere.
+//! storage in an embedded SQLite log (default) or etcd v3. The controllers (`keelson-controllers`:
+//! garbage collector, namespace lifecycle) run in-process by default, as k3s runs its controller
+//! manager, through a kube-rs client to this server over loopback TLS as
+//! `system:kube-controller-manager`; the registry's delete only marks objects for them.
 //!
 //! # Layers
 //!
@@ -19,7 +21,7 @@
 //!    ▼
 //!   registry  the verbs and subresources on generic objects; a per-kind strategy (defaults,
 //!    │        validation, prepare create/update, after delete, ClusterIP/NodePort allocation);
-//!    │        delete/cascade/namespace termination; the RBAC policy cache
+//!    │        delete (marking; cascades are the controllers'); the RBAC policy cache
 //!    ▼
 //!   storage   the `Store` trait: embedded SQLite log, etcd v3, the watch cache
 //!
@@ -89,6 +91,10 @@ pub struct Config {
     pub history: i64,
     pub compact_interval: Duration,
     pub bookmark_interval: Duration,
+    /// In-process controllers, upstream `--controllers` syntax (`*`, `name`, `-name`).
+    pub controllers: Vec<String>,
+    /// Controllers turned off (`--disable-controllers`).
+    pub disable_controllers: Vec<String>,
 }
 
 impl Config {
@@ -98,10 +104,12 @@ impl Config {
             listen,
             advertise: None,
             service_cidr: ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(10, 96, 0, 0), 12).unwrap_or_default(),
-            backend: Backend::Sqlite { sync: storage::sqlite::SyncMode::Normal },
+            backend: Backend::Sqlite { sync: storage::sqlite::SyncMode::Full },
             history: 10_000,
             compact_interval: Duration::from_secs(60),
             bookmark_interval: Duration::from_secs(5),
+            controllers: vec!["*".into()],
+            disable_controllers: Vec::new(),
         }
     }
 }
@@ -118,6 +126,34 @@ pub enum RunError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("serve: {0}")]
     Serve(std::io::Error),
+    #[error("controllers: {0}")]
+    Controllers(#[from] keelson_controllers::Error),
+    #[error("controller client: {0}")]
+    ControllerClient(String),
+}
+
+/// The identity of the in-process controllers (bound in the bootstrap RBAC policy).
+pub const CONTROLLER_MANAGER_USER: &str = "system:kube-controller-manager";
+
+/// A kube-rs client to this server for the in-process controllers: loopback TLS checked against
+/// our CA, with a bearer token that exists only in this process's memory (a new one at every
+/// start, so there is no credential on disk to protect or rotate).
+async fn controller_client(local: SocketAddr, ca_pem: &str, token: &str) -> Result<kube::Client, RunError> {
+    use base64::Engine;
+    let ip = match local.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let server = SocketAddr::new(ip, local.port());
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let yaml = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: self\n  cluster:\n    server: https://{server}\n    certificate-authority-data: {ca}\ncontexts:\n- name: self\n  context:\n    cluster: self\n    user: controllers\ncurrent-context: self\nusers:\n- name: controllers\n  user:\n    token: {token}\n"
+    );
+    let err = |e: &dyn std::fmt::Display| RunError::ControllerClient(e.to_string());
+    let kc = kube::config::Kubeconfig::from_yaml(&yaml).map_err(|e| err(&e))?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.map_err(|e| err(&e))?;
+    kube::Client::try_from(cfg).map_err(|e| err(&e))
 }
 
 async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, RunError> {
@@ -196,7 +232,17 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     hosts.dedup();
     let pki = http::tls::Pki::ensure(&cfg.data_dir, &hosts, &server_url)?;
     let tls_cfg = pki.server_config()?;
-    let tokens = http::tls::load_tokens(&pki.token_file)?;
+    let selection = keelson_controllers::Selection::parse(&cfg.controllers, &cfg.disable_controllers)?;
+    let mut tokens = http::tls::load_tokens(&pki.token_file)?;
+    let controller_token: String = {
+        use rand::Rng;
+        let bytes: [u8; 24] = rand::rng().random();
+        hex::encode(bytes)
+    };
+    tokens.insert(
+        controller_token.clone(),
+        http::tls::UserInfo { name: CONTROLLER_MANAGER_USER.into(), groups: Vec::new() },
+    );
     bootstrap(&api, &advertise, local.port()).await?;
     registry::rbac::ensure_bootstrap(&api).await?;
     // Serve only once the policy cache has listed every RBAC resource (like upstream's RBAC hook).
@@ -224,6 +270,18 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             }
         }
     });
+    if !selection.enabled.is_empty() {
+        let ca_pem = std::fs::read_to_string(&pki.ca_cert)
+            .map_err(|e| RunError::ControllerClient(format!("{}: {e}", pki.ca_cert.display())))?;
+        let client = controller_client(local, &ca_pem, &controller_token).await?;
+        let opts = keelson_controllers::Opts { selection, ..Default::default() };
+        // Started before serving: they retry discovery until the listener below answers.
+        tokio::spawn(async move {
+            if let Err(e) = keelson_controllers::run(client, opts).await {
+                tracing::error!(error = %e, "in-process controllers stopped");
+            }
+        });
+    }
     let server =
         Arc::new(http::server::Server { api, tokens, server_address: format!("{advertise}:{}", local.port()), authz });
     tracing::info!(%local, kubeconfig = %pki.admin_kubeconfig.display(), "keelson-apiserver listening");

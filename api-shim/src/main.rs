@@ -28,9 +28,12 @@ struct Args {
     /// etcd endpoints (comma separated) for --storage etcd.
     #[arg(long, default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
     etcd_endpoints: Vec<String>,
-    /// Flush every commit to disk (survives power loss, not only process crashes).
-    #[arg(long)]
+    /// Flush every commit to disk (the default; kept for compatibility).
+    #[arg(long, conflicts_with = "unsafe_no_fsync")]
     fsync: bool,
+    /// Do not fsync commits: survives a process crash but may lose acknowledged writes on power loss.
+    #[arg(long)]
+    unsafe_no_fsync: bool,
     /// Revisions of history kept for watch resume.
     #[arg(long, default_value_t = 10_000)]
     history: i64,
@@ -40,6 +43,13 @@ struct Args {
     /// Seconds between watch bookmarks.
     #[arg(long, default_value_t = 5)]
     bookmark_interval: u64,
+    /// In-process controllers, upstream syntax: `*` (all), `name`, `-name`
+    /// (e.g. `*,-garbagecollector`; names: garbagecollector (gc), namespace).
+    #[arg(long, default_value = "*", value_delimiter = ',')]
+    controllers: Vec<String>,
+    /// Controllers to turn off (same names; `--disable-controllers=garbagecollector,namespace`).
+    #[arg(long, value_delimiter = ',')]
+    disable_controllers: Vec<String>,
 }
 
 #[tokio::main]
@@ -55,8 +65,10 @@ async fn main() -> anyhow::Result<()> {
     cfg.history = a.history;
     cfg.compact_interval = Duration::from_secs(a.compact_interval.max(1));
     cfg.bookmark_interval = Duration::from_secs(a.bookmark_interval.max(1));
+    cfg.controllers = a.controllers;
+    cfg.disable_controllers = a.disable_controllers;
     cfg.backend = match a.storage.as_str() {
-        "sqlite" => Backend::Sqlite { sync: if a.fsync { SyncMode::Full } else { SyncMode::Normal } },
+        "sqlite" => Backend::Sqlite { sync: if a.unsafe_no_fsync { SyncMode::Normal } else { SyncMode::Full } },
         "etcd" => Backend::Etcd { endpoints: a.etcd_endpoints },
         other => anyhow::bail!("unknown --storage {other:?} (sqlite or etcd)"),
     };

@@ -2,6 +2,10 @@
 //! reference CNI plugins live there, never in the host netns), a private containerd, a unique
 //! containerd namespace and cgroup root, and a `keelson-agent` process started and ended by PID.
 //! Drop removes everything the node created, also after a failed assertion.
+//!
+//! The leak probes (`containers`, `snapshots`, `ipam_files`, `netns_files`, `veths`,
+//! `pod_cgroups`, `pods`) panic when their tool or read fails: an empty list must mean "nothing
+//! there", never "could not look" (a dead containerd or agent would otherwise pass every leak check).
 
 use crate::{Containerd, Netns, run, unique_name, wait_for};
 use k8s_openapi::api::core::v1::Pod;
@@ -21,7 +25,7 @@ pub struct Node {
 }
 
 /// Workspace binaries: `KEELSON_BIN_DIR` if set (benchmarks use release builds), else target/debug.
-fn bin(name: &str) -> PathBuf {
+pub fn bin(name: &str) -> PathBuf {
     std::env::var_os("KEELSON_BIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| crate::target_dir().join("debug"))
@@ -159,10 +163,19 @@ impl Node {
         Ok(())
     }
 
+    /// The pods the agent reports. Fails when the agent does not answer or answers garbage.
+    pub fn try_pods(&self) -> anyhow::Result<Vec<Pod>> {
+        let body = keelson_agent::server::get_blocking(&self.run_dir(), "/pods")
+            .map_err(|e| anyhow::anyhow!("agent /pods did not answer: {e}"))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| anyhow::anyhow!("agent /pods: {e}: {body}"))?;
+        serde_json::from_value(v["items"].clone()).map_err(|e| anyhow::anyhow!("agent /pods items: {e}: {body}"))
+    }
+
+    /// The pods the agent reports; panics with the agent log tail when the agent does not answer
+    /// ("agent down" is not "no pods").
     pub fn pods(&self) -> Vec<Pod> {
-        let Ok(body) = keelson_agent::server::get_blocking(&self.run_dir(), "/pods") else { return Vec::new() };
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        serde_json::from_value(v["items"].clone()).unwrap_or_default()
+        self.try_pods().unwrap_or_else(|e| panic!("{e}\nagent log tail:\n{}", tail(&self.agent_log(), 40)))
     }
 
     pub fn pod(&self, name: &str) -> Option<Pod> {
@@ -211,10 +224,13 @@ impl Node {
     /// Every keelson container in this node's containerd namespace (via `ctr`).
     pub fn containers(&self) -> Vec<String> {
         ctr(&self.containerd.socket(), &self.namespace, &["containers", "ls", "-q"])
+            .unwrap_or_else(|e| panic!("listing containers: {e}"))
     }
 
+    /// Active snapshots (container rootfs) in this node's containerd namespace.
     pub fn snapshots(&self) -> Vec<String> {
         ctr(&self.containerd.socket(), &self.namespace, &["snapshots", "ls"])
+            .unwrap_or_else(|e| panic!("listing snapshots: {e}"))
             .into_iter()
             .skip(1)
             .filter(|l| l.contains("Active"))
@@ -224,48 +240,60 @@ impl Node {
     /// Files under the host-local IPAM data dir that hold an allocation (not the lock file).
     pub fn ipam_files(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if let Ok(nets) = std::fs::read_dir(self.path("ipam")) {
-            for n in nets.flatten() {
-                if let Ok(files) = std::fs::read_dir(n.path()) {
-                    for f in files.flatten() {
-                        let name = f.file_name().to_string_lossy().to_string();
-                        if name != "lock" && !name.starts_with("last_reserved_ip") {
-                            out.push(name);
-                        }
-                    }
+        let root = self.path("ipam");
+        for n in read_dir_or_panic(&root) {
+            if !n.is_dir() {
+                continue;
+            }
+            for f in read_dir_or_panic(&n) {
+                let name = f.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+                if name != "lock" && !name.starts_with("last_reserved_ip") {
+                    out.push(name);
                 }
             }
         }
         out
     }
 
+    /// Pod netns bind mounts under the agent's run dir (none before the first pod: no dir yet).
     pub fn netns_files(&self) -> Vec<PathBuf> {
-        std::fs::read_dir(self.run_dir().join("netns"))
-            .map(|r| r.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default()
+        self.try_netns_files().unwrap_or_else(|e| panic!("listing {}: {e}", self.run_dir().join("netns").display()))
+    }
+
+    fn try_netns_files(&self) -> std::io::Result<Vec<PathBuf>> {
+        match std::fs::read_dir(self.run_dir().join("netns")) {
+            Ok(rd) => rd.map(|e| e.map(|e| e.path())).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
     }
 
     /// veth interfaces in the node netns.
     pub fn veths(&self) -> Vec<String> {
         self.netns
             .exec_ok(&["ip", "-o", "link", "show", "type", "veth"])
-            .unwrap_or_default()
+            .unwrap_or_else(|e| panic!("listing veths in the node netns: {e}"))
             .lines()
             .filter_map(|l| l.split(": ").nth(1).map(|s| s.split('@').next().unwrap_or(s).to_string()))
             .collect()
     }
 
-    /// Pod cgroups under this node's root in the memory hierarchy.
+    /// Pod cgroups under this node's root in the memory hierarchy (a QoS tier or the root that
+    /// was never created holds none).
     pub fn pod_cgroups(&self) -> Vec<String> {
         let root = PathBuf::from("/sys/fs/cgroup/memory").join(&self.cgroup_root);
         let mut out = Vec::new();
         for tier in [root.clone(), root.join("burstable"), root.join("besteffort")] {
-            if let Ok(rd) = std::fs::read_dir(&tier) {
-                for e in rd.flatten() {
-                    let n = e.file_name().to_string_lossy().to_string();
-                    if n.starts_with("pod") && e.path().is_dir() {
-                        out.push(n);
-                    }
+            let rd = match std::fs::read_dir(&tier) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => panic!("listing {}: {e}", tier.display()),
+            };
+            for e in rd {
+                let e = e.unwrap_or_else(|e| panic!("listing {}: {e}", tier.display()));
+                let n = e.file_name().to_string_lossy().to_string();
+                if n.starts_with("pod") && e.path().is_dir() {
+                    out.push(n);
                 }
             }
         }
@@ -296,15 +324,20 @@ pub fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-fn ctr(sock: &Path, ns: &str, args: &[&str]) -> Vec<String> {
+/// The entries of `dir`; panics on any read error (a leak probe that cannot look must not pass).
+fn read_dir_or_panic(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .and_then(|rd| rd.map(|e| e.map(|e| e.path())).collect::<std::io::Result<Vec<_>>>())
+        .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()))
+}
+
+/// Runs `ctr` against the node's containerd namespace; fails when ctr fails (exit status, spawn).
+fn ctr(sock: &Path, ns: &str, args: &[&str]) -> anyhow::Result<Vec<String>> {
     let sock = sock.to_string_lossy().to_string();
     let mut a = vec!["-a", sock.as_str(), "-n", ns];
     a.extend_from_slice(args);
-    run("ctr", &a)
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout).lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect()
-        })
-        .unwrap_or_default()
+    let o = run("ctr", &a)?;
+    Ok(String::from_utf8_lossy(&o.stdout).lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect())
 }
 
 impl Drop for Node {
@@ -312,20 +345,22 @@ impl Drop for Node {
         self.kill_agent();
         // Remove every container (tasks die with SIGKILL), then netns mounts, cgroups.
         let sock = self.containerd.socket();
-        for id in ctr(&sock, &self.namespace, &["tasks", "ls", "-q"]) {
+        // Cleanup is best effort (a panic in drop would abort); the probes above are strict.
+        let list = |what: &str| ctr(&sock, &self.namespace, &[what, "ls", "-q"]).unwrap_or_default();
+        for id in list("tasks") {
             let _ = run(
                 "ctr",
                 &["-a", &sock.to_string_lossy(), "-n", &self.namespace, "tasks", "kill", "-a", "-s", "SIGKILL", &id],
             );
         }
         std::thread::sleep(Duration::from_millis(300));
-        for id in ctr(&sock, &self.namespace, &["tasks", "ls", "-q"]) {
+        for id in list("tasks") {
             let _ = run("ctr", &["-a", &sock.to_string_lossy(), "-n", &self.namespace, "tasks", "delete", "-f", &id]);
         }
-        for id in ctr(&sock, &self.namespace, &["containers", "ls", "-q"]) {
+        for id in list("containers") {
             let _ = run("ctr", &["-a", &sock.to_string_lossy(), "-n", &self.namespace, "containers", "delete", &id]);
         }
-        for ns in self.netns_files() {
+        for ns in self.try_netns_files().unwrap_or_default() {
             let _ = Command::new("umount").arg("-l").arg(&ns).output();
             let _ = std::fs::remove_file(&ns);
         }

@@ -119,17 +119,20 @@ impl Node {
         Ok(())
     }
 
-    /// Files in the IPAM dir other than `lock` and `last_reserved_ip`.
+    /// Files in the IPAM dir other than `lock` and `last_reserved_ip` (none before the first ADD
+    /// creates the dir). Panics on any other read error: a probe that cannot look must not pass.
     pub fn ipam_records(&self) -> Vec<String> {
         let dir = self.data_dir().join(&self.network);
-        std::fs::read_dir(&dir)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n != "lock" && n != "last_reserved_ip")
-                    .collect()
-            })
-            .unwrap_or_default()
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+            Err(e) => panic!("listing {}: {e}", dir.display()),
+        };
+        rd.map(|e| {
+            e.unwrap_or_else(|e| panic!("listing {}: {e}", dir.display())).file_name().to_string_lossy().into_owned()
+        })
+        .filter(|n| n != "lock" && n != "last_reserved_ip")
+        .collect()
     }
 
     /// Our host veths (`kc…`) in the node netns.

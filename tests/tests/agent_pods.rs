@@ -22,9 +22,16 @@ fn phase(p: &Pod) -> &str {
     p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("")
 }
 
-/// An init container prepares a page; one app serves it on localhost; a second app fetches it over
-/// localhost (shared net namespace) and logs it. Also: env, hostname, resolv.conf, pod IP reachable
-/// from the node, CRI log format.
+/// An init container prepares what the server serves; a second app fetches it over localhost
+/// (shared net namespace) and logs it. Also: env, hostname, resolv.conf, pod IP reachable from the
+/// node, CRI log format.
+///
+/// Why the init check can fail: pod containers share the network and IPC namespaces but no
+/// filesystem (no volumes yet), so the init container (with CAP_NET_ADMIN) leaves its mark in the
+/// pod's netns: it adds 10.77.0.7/32 to `lo`. The server reads `lo`'s addresses once, when it
+/// starts, and writes them into the page it serves; if it started before the init container ran
+/// (or the init container never ran) the address is missing, the server exits (`set -e`) and is
+/// restarted, and the page / restart count assertions below fail.
 #[test]
 fn init_and_two_apps_share_the_pod_network() {
     let node = Node::start(&[]).unwrap();
@@ -39,11 +46,20 @@ spec:
   initContainers:
   - name: prepare
     image: keelson.local/busybox:latest
-    command: [sh, -c, "echo prepared-by-init > /proc/1/root/tmp/x 2>/dev/null; echo init done"]
+    securityContext: {capabilities: {add: [NET_ADMIN]}}
+    command: [sh, -c, "ip addr add 10.77.0.7/32 dev lo && echo init done"]
   containers:
   - name: server
     image: keelson.local/busybox:latest
-    command: [httpd, -f, -p, "8080", -h, /var/www]
+    command: [sh, -c]
+    args:
+    - |
+      set -e
+      mkdir -p /tmp/www
+      addr=`ip -o -4 addr show dev lo | grep -o '10\.77\.0\.[0-9]*'`
+      [ -n "$addr" ] || { echo "no address from the init container"; exit 1; }
+      echo "prepared by init: $addr" > /tmp/www/index.html
+      exec httpd -f -p 8080 -h /tmp/www
     ports: [{name: http, containerPort: 8080}]
     readinessProbe: {httpGet: {path: /index.html, port: http}, periodSeconds: 1}
   - name: client
@@ -57,7 +73,7 @@ spec:
     - |
       echo "pod=$(MY_POD) ip=$MY_IP host=$(hostname)"
       cat /etc/resolv.conf
-      until printf "GET /index.html HTTP/1.0\r\n\r\n" | nc $(TARGET) 8080 | grep hello; do sleep 0.2; done
+      until printf "GET /index.html HTTP/1.0\r\n\r\n" | nc $(TARGET) 8080 | grep "prepared by init"; do sleep 0.2; done
       sleep 3600
 "#,
     )
@@ -71,15 +87,17 @@ spec:
     let init = &st.init_container_statuses.as_ref().unwrap()[0];
     assert_eq!(init.state.as_ref().unwrap().terminated.as_ref().unwrap().reason.as_deref(), Some("Completed"));
     assert!(cs(&p, "server").ready && cs(&p, "client").ready);
-    assert_eq!(cs(&p, "server").restart_count, 0);
+    assert_eq!(cs(&p, "server").restart_count, 0, "the server's first start must already see the init's address");
+    let init_done = init.state.as_ref().unwrap().terminated.as_ref().unwrap().finished_at.clone().unwrap();
+    let server_started = cs(&p, "server").state.as_ref().unwrap().running.as_ref().unwrap().started_at.clone().unwrap();
+    assert!(init_done.0 <= server_started.0, "init finished {init_done:?} after the server started {server_started:?}");
 
     // The client's log (CRI format) shows env expansion, hostname, DNS config and the page fetched
     // over localhost.
     let log = node.log_file(&p, "client", 0);
-    let text = keelson_tests::wait_for(T, || {
-        std::fs::read_to_string(&log).ok().filter(|t| t.contains("hello from a keelson pod"))
-    })
-    .unwrap_or_else(|| panic!("client log {}: {:?}", log.display(), std::fs::read_to_string(&log)));
+    let text =
+        keelson_tests::wait_for(T, || std::fs::read_to_string(&log).ok().filter(|t| t.contains("prepared by init")))
+            .unwrap_or_else(|| panic!("client log {}: {:?}", log.display(), std::fs::read_to_string(&log)));
     for l in text.lines() {
         let mut f = l.splitn(4, ' ');
         let ts = f.next().unwrap();
@@ -89,6 +107,7 @@ spec:
     }
     assert!(text.contains(&format!("stdout F pod=web-node1 ip={ip} host=web-node1")), "{text}");
     assert!(text.contains("nameserver 192.0.2.53"), "{text}");
+    assert!(text.contains("stdout F prepared by init: 10.77.0.7"), "{text}");
     let init_log = std::fs::read_to_string(node.log_file(&p, "prepare", 0)).unwrap();
     assert!(init_log.contains("stdout F init done"), "{init_log}");
 
@@ -96,7 +115,7 @@ spec:
     let page = node
         .exec(&["sh", "-c", &format!("printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | busybox nc {ip} 8080")])
         .unwrap();
-    assert!(page.contains("hello from a keelson pod"));
+    assert_eq!(page.lines().last(), Some("prepared by init: 10.77.0.7"), "{page}");
 
     // Delete → nothing left.
     node.remove_manifest("web.yaml").unwrap();
@@ -196,6 +215,11 @@ spec:
 /// Liveness failure restarts; readiness flips Ready both ways; a startup probe holds back a
 /// failing liveness probe until it succeeds; a tcpSocket readiness probe on a closed port keeps a
 /// container unready.
+///
+/// The startup gating is checked from the first instance's own log, not by catching a short
+/// window in the status: `slow` logs `started` 6 s after it starts, and its liveness probe fails
+/// from the first try (2 failures at 1 s kill it). Gated, the first instance lives past 6 s and
+/// its log has `started`; ungated, liveness kills it after ~2 s and the log ends at `starting`.
 #[test]
 fn probes_drive_restarts_and_readiness() {
     let node = Node::start(&["--backoff-base", "1s"]).unwrap();
@@ -218,7 +242,7 @@ spec:
     readinessProbe: {exec: {command: [test, -f, /tmp/ready]}, periodSeconds: 1}
   - name: slow
     image: keelson.local/busybox:latest
-    command: [sh, -c, "sleep 4; touch /tmp/started; sleep 3600"]
+    command: [sh, -c, "echo starting; sleep 6; touch /tmp/started; echo started; sleep 3600"]
     startupProbe: {exec: {command: [test, -f, /tmp/started]}, periodSeconds: 1, failureThreshold: 30}
     livenessProbe: {exec: {command: ["false"]}, periodSeconds: 1, failureThreshold: 2}
   - name: closed
@@ -238,16 +262,21 @@ spec:
     node.wait_pod("probes", "ready=false again", T, |p| !cs(p, "ready").ready && restarts(p, "ready") == 0);
     // Liveness restarted `live`.
     node.wait_pod("probes", "live restarted", T, |p| restarts(p, "live") >= 1);
-    // The startup probe held the always-failing liveness probe back: `slow` was not restarted
-    // before it started, and was restarted by liveness after.
-    let p =
-        node.wait_pod("probes", "slow started", T, |p| cs(p, "slow").started == Some(true) || restarts(p, "slow") >= 1);
-    if restarts(&p, "slow") == 0 {
-        assert_eq!(cs(&p, "slow").started, Some(true));
-    }
+    // The startup probe held the always-failing liveness probe back: the first instance of `slow`
+    // lived until its startup probe passed (its log says `started`), and liveness killed it after.
     let p = node.wait_pod("probes", "slow restarted by liveness after startup", T, |p| restarts(p, "slow") >= 1);
     let t = last_terminated(&p, "slow").unwrap();
-    assert!(t.finished_at.is_some());
+    let (began, ended) = (t.started_at.clone().unwrap(), t.finished_at.clone().unwrap());
+    let first_log = std::fs::read_to_string(node.log_file(&p, "slow", 0)).unwrap();
+    assert!(
+        first_log.contains("stdout F starting") && first_log.contains("stdout F started"),
+        "liveness killed `slow` before its startup probe passed (ran {began:?} .. {ended:?}):\n{first_log}"
+    );
+    let ran = ended.0.duration_since(began.0);
+    assert!(
+        ran >= k8s_openapi::jiff::SignedDuration::from_secs(5),
+        "a gated instance runs 6 s + 2 probes, not {ran:?}"
+    );
     assert!(!cs(&p, "closed").ready, "tcpSocket readiness on a closed port must fail");
     assert!(node.events().contains("failed liveness probe"), "{}", node.events());
 }

@@ -1,6 +1,7 @@
 //! One conformance suite for both storage backends of keelson-apiserver: the embedded SQLite log
 //! and etcd v3 (a private etcd-server on loopback). Also runs the API watch semantics through a
-//! server backed by etcd.
+//! server backed by etcd, and checks that **user** objects survive a server restart on each
+//! backend (the `kubernetes` Service is no proof: the server recreates it on every start).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use keelson_api_shim::store::cache::WatchCache;
 use keelson_api_shim::store::etcd::EtcdStore;
 use keelson_api_shim::store::sqlite::{SqliteStore, SyncMode};
 use keelson_api_shim::store::{EventKind, Store, StoreError};
-use keelson_tests::api::{ApiServer, Etcd};
+use keelson_tests::api::{ApiServer, Etcd, write_manifest};
 
 async fn next_change(
     rx: &mut tokio::sync::mpsc::Receiver<Arc<keelson_api_shim::store::Event>>,
@@ -86,7 +87,7 @@ async fn conformance(s: Arc<dyn Store>) {
 #[tokio::test]
 async fn sqlite_store_conformance() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = SqliteStore::open(&dir.path().join("db"), SyncMode::Normal).expect("open");
+    let s = SqliteStore::open(&dir.path().join("db"), SyncMode::Full).expect("open");
     conformance(Arc::new(s)).await;
 }
 
@@ -126,6 +127,61 @@ async fn etcd_behind_the_watch_cache_conformance() {
     }
 }
 
+/// Creates two user objects through kubectl: a ConfigMap with a fixed name and a Secret with a
+/// server-generated name. Returns their `kind/name` references.
+fn create_user_objects(s: &ApiServer, tag: &str) -> Vec<String> {
+    let k = |args: &[&str]| s.kubectl("1.33", args).unwrap_or_else(|e| panic!("{e}"));
+    k(&["create", "configmap", &format!("{tag}-cm"), "--from-literal=answer=42"]);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let yaml =
+        format!("apiVersion: v1\nkind: Secret\nmetadata:\n  generateName: {tag}-gen-\ndata:\n  token: czNjcjN0\n");
+    let manifest = write_manifest(tmp.path(), "gen.yaml", &yaml).expect("manifest");
+    let generated = k(&["create", "-f", manifest.to_str().expect("utf-8 path"), "-o", "name"]);
+    let generated = generated.trim().to_string();
+    assert!(generated.starts_with(&format!("secret/{tag}-gen-")) && generated.len() > "secret/".len() + tag.len() + 5);
+    vec![format!("configmap/{tag}-cm"), generated]
+}
+
+/// What must not change across a restart: uid, resourceVersion, creation time, name and data.
+fn identity(s: &ApiServer, object: &str) -> String {
+    let out = s
+        .kubectl(
+            "1.33",
+            &[
+                "get",
+                object,
+                "-o",
+                "jsonpath={.metadata.uid} {.metadata.resourceVersion} {.metadata.creationTimestamp} {.metadata.name} {.data}",
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let fields: Vec<&str> = out.split_whitespace().collect();
+    assert!(fields.len() >= 5 && fields.iter().all(|f| !f.is_empty()), "{object}: incomplete identity {out:?}");
+    out
+}
+
+#[test]
+fn user_objects_survive_sigkill_and_restart_on_sqlite() {
+    let s = ApiServer::start(&[]).expect("start apiserver (embedded store)");
+    let objects = create_user_objects(&s, "keep");
+    let before: Vec<String> = objects.iter().map(|o| identity(&s, o)).collect();
+    assert!(before[0].contains("42"), "configmap data: {}", before[0]);
+    let (dir, tmp, port) = s.kill9();
+    let s = ApiServer::start_in(&dir, port, &[]).expect("restart on the same data dir");
+    let _keep = tmp;
+    let after: Vec<String> = objects.iter().map(|o| identity(&s, o)).collect();
+    assert_eq!(after, before, "user objects changed across SIGKILL + restart");
+    // Revisions keep growing after the restart: a new write gets a higher resourceVersion.
+    let old_rv: i64 = before[0].split_whitespace().nth(1).and_then(|r| r.parse().ok()).expect("rv");
+    s.kubectl("1.33", &["annotate", &objects[0], "after=restart"]).unwrap_or_else(|e| panic!("{e}"));
+    let new_rv: i64 = s
+        .kubectl("1.33", &["get", &objects[0], "-o", "jsonpath={.metadata.resourceVersion}"])
+        .unwrap_or_else(|e| panic!("{e}"))
+        .parse()
+        .expect("rv");
+    assert!(new_rv > old_rv, "resourceVersion went from {old_rv} to {new_rv} after the restart");
+}
+
 #[test]
 fn kubectl_flow_on_etcd_backend() {
     let etcd = Etcd::start().expect("start etcd");
@@ -141,9 +197,14 @@ fn kubectl_flow_on_etcd_backend() {
     let rv2: i64 = k(&["get", "cm", "c1", "-o", "jsonpath={.metadata.resourceVersion}"]).parse().expect("rv");
     assert!(rv2 > rv1, "resourceVersion is etcd's mod_revision");
     k(&["delete", "configmap", "c1"]);
-    // State lives in etcd: a new server on a fresh data dir sees the same cluster.
-    drop(s);
+    // State lives in etcd: a new server (SIGKILLed, then a fresh data dir) sees the same user
+    // objects with the same uid and resourceVersion.
+    let objects = create_user_objects(&s, "etcd");
+    let before: Vec<String> = objects.iter().map(|o| identity(&s, o)).collect();
+    let _ = s.kill9();
     let s2 = ApiServer::start(&["--storage", "etcd", "--etcd-endpoints", &etcd.endpoint]).expect("restart");
-    let svc = s2.kubectl("1.33", &["get", "svc", "kubernetes", "-o", "jsonpath={.spec.clusterIP}"]).expect("get svc");
-    assert_eq!(svc, "10.96.0.1");
+    let after: Vec<String> = objects.iter().map(|o| identity(&s2, o)).collect();
+    assert_eq!(after, before, "user objects changed across a server restart on etcd");
+    let gone = s2.kubectl_output("1.33", &["get", "configmap", "c1"]).expect("kubectl");
+    assert!(!gone.status.success(), "deleted configmap c1 came back");
 }

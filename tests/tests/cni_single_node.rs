@@ -365,9 +365,10 @@ fn sigkill_at_any_point_of_add_leaks_nothing_after_gc() {
     node.add("warm", &warm).expect("ADD warm-up (bridge exists afterwards)");
     node.del("warm", Some(&warm)).expect("DEL warm-up");
     // Kill real ADDs after 0…30 ms: process start, IPAM, veth creation and pod wiring all take a
-    // few ms each, so the kills land in every phase (including after success).
-    let mut pods = Vec::new();
-    for (i, delay_ms) in [0u64, 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 30].into_iter().enumerate() {
+    // few ms each, so the kills land in every phase; the 400 ms kill lands after a finished ADD
+    // whose result the runtime never read (it must be cleaned up just the same).
+    let mut kills = Vec::new();
+    for (i, delay_ms) in [0u64, 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 30, 400].into_iter().enumerate() {
         let pod = Netns::new("pk").expect("pod");
         let id = format!("crash-{i}");
         let mut child = std::process::Command::new("nsenter")
@@ -390,24 +391,64 @@ fn sigkill_at_any_point_of_add_leaks_nothing_after_gc() {
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = child.kill(); // SIGKILL: no rollback can run
         let _ = child.wait();
-        pods.push(pod);
+        kills.push((id, delay_ms, pod));
     }
-    eprintln!(
-        "before GC: {} IPAM records, {} host veths (from {} killed ADDs)",
-        node.ipam_records().len(),
-        node.host_veths().expect("veths").len(),
-        pods.len()
-    );
-    // The runtime knows none of these attachments: GC must remove every trace.
+    // What each kill left behind: the host veth (name derived from the id), the IPAM record
+    // holding the id, and eth0 in the pod's netns (the netns itself belongs to the runtime).
+    let left: Vec<Leftover> = kills.iter().map(|(id, _, pod)| Leftover::probe(&node, id, pod)).collect();
+    for ((id, delay, _), l) in kills.iter().zip(&left) {
+        eprintln!("kill after {delay:>3} ms ({id}): {l:?}");
+    }
+    assert!(left.iter().any(Leftover::any), "no kill left anything behind, so recovery was not exercised: {left:?}");
+    assert!(left.last().is_some_and(|l| l.ipam && l.host_veth && l.pod_eth0), "a finished ADD left: {:?}", left.last());
+
+    // The runtime retries DEL for the attachments it started (every other one here) …
+    for (i, (id, _, pod)) in kills.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
+        node.del(id, Some(pod)).expect("DEL after a killed ADD");
+        let l = Leftover::probe(&node, id, pod);
+        assert!(!l.any(), "DEL of {id} (kill point {i}) left {l:?}");
+    }
+    // … and GC removes the rest, which the runtime knows nothing about.
     let gc = node.conf("1.1.0", r#""cni.dev/valid-attachments":[]"#);
     let r = node.cni("GC", "", None, &gc).expect("GC");
     assert_eq!(r.code, 0, "GC: {} {}", r.stdout, r.stderr);
+    for (id, _, pod) in &kills {
+        let l = Leftover::probe(&node, id, pod);
+        assert!(!l.any(), "after GC, {id} left {l:?}");
+    }
     assert!(node.ipam_records().is_empty(), "records left: {:?}", node.ipam_records());
     assert!(node.host_veths().expect("veths").is_empty(), "veths left");
-    for pod in &pods {
-        assert!(pod.exec_ok(&["ip", "link", "show", "eth0"]).is_err(), "pod {} keeps eth0", pod.name());
-    }
     // and the node is healthy for the next pod
     node.add("after", &warm).expect("ADD after crashes");
     node.del("after", Some(&warm)).expect("DEL");
+}
+
+/// The traces of one attachment `id` on the node and in its pod netns.
+#[derive(Debug)]
+struct Leftover {
+    host_veth: bool,
+    ipam: bool,
+    pod_eth0: bool,
+}
+
+impl Leftover {
+    fn probe(node: &Node, id: &str, pod: &Netns) -> Leftover {
+        let veths = node.host_veths().expect("list veths");
+        let dir = node.data_dir().join(&node.network);
+        let quoted = format!("\"{id}\"");
+        let ipam = node.ipam_records().iter().any(|r| {
+            let text = std::fs::read_to_string(dir.join(r)).unwrap_or_else(|e| panic!("read IPAM record {r}: {e}"));
+            text.contains(&quoted)
+        });
+        let links = pod.exec_ok(&["ip", "-o", "link", "show"]).expect("list links in the pod netns");
+        Leftover {
+            host_veth: veths.contains(&keelson_cni_host_veth(id)),
+            ipam,
+            pod_eth0: links.lines().any(|l| l.split(": ").nth(1).is_some_and(|n| n.split('@').next() == Some("eth0"))),
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.host_veth || self.ipam || self.pod_eth0
+    }
 }

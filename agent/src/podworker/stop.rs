@@ -150,6 +150,17 @@ impl<R: ContainerRuntime, C: Cgroups + 'static, N: PodNetwork> Worker<R, C, N> {
     }
 }
 
+/// Why a preStop hook did not succeed (reported as `FailedPreStopHook`).
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("pod IP {0:?} unknown")]
+    NoPodIp(String),
+    #[error("invalid handler: {0}")]
+    Handler(#[source] probe::ProbeConfigError),
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Runs a lifecycle hook handler (preStop) once, bounded by `timeout`.
 async fn run_hook(
     runtime: &dyn ContainerRuntime,
@@ -158,7 +169,7 @@ async fn run_hook(
     pod_ip: &str,
     c: &Container,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), HookError> {
     if let Some(s) = &h.sleep {
         tokio::time::sleep(Duration::from_secs(s.seconds.max(0) as u64).min(timeout)).await;
         return Ok(());
@@ -169,10 +180,10 @@ async fn run_hook(
         tcp_socket: h.tcp_socket.clone(),
         ..Default::default()
     };
-    let ip: std::net::IpAddr = pod_ip.parse().map_err(|_| format!("pod IP {pod_ip:?} unknown"))?;
-    let action = probe::ProbeAction::from_probe(&as_probe, c, ip, "lifecycle.preStop").map_err(|e| e.to_string())?;
+    let ip: std::net::IpAddr = pod_ip.parse().map_err(|_| HookError::NoPodIp(pod_ip.to_string()))?;
+    let action = probe::ProbeAction::from_probe(&as_probe, c, ip, "lifecycle.preStop").map_err(HookError::Handler)?;
     match action.run(runtime, id, timeout).await {
         probe::Outcome::Success => Ok(()),
-        probe::Outcome::Failure(m) | probe::Outcome::Error(m) => Err(m),
+        probe::Outcome::Failure(m) | probe::Outcome::Error(m) => Err(HookError::Failed(m)),
     }
 }

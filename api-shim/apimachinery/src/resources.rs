@@ -108,7 +108,7 @@ const ALL: &[&str] = &["all"];
 const NONE: &[&str] = &[];
 
 pub static RESOURCES: &[ResourceDef] = &[
-    r("", "v1", "namespaces", "namespace", "Namespace", false, &["ns"], NONE, &["status"], true),
+    r("", "v1", "namespaces", "namespace", "Namespace", false, &["ns"], NONE, &["status", "finalize"], true),
     r("", "v1", "pods", "pod", "Pod", true, &["po"], ALL, &["status", "binding", "log", "exec", "portforward"], false),
     r("", "v1", "services", "service", "Service", true, &["svc"], ALL, &["status"], true),
     r("", "v1", "endpoints", "endpoints", "Endpoints", true, &["ep"], NONE, NONE, false),

@@ -51,6 +51,7 @@ pub fn api_group(group: &str) -> Value {
 fn subresource_info(r: &ResourceDef, sub: &str) -> (&'static str, &'static str, &'static str, &'static [&'static str]) {
     match sub {
         "status" => (r.kind, r.group, r.version, &["get", "patch", "update"]),
+        "finalize" => (r.kind, r.group, r.version, &["update"]),
         "scale" => ("Scale", "autoscaling", "v1", &["get", "patch", "update"]),
         "binding" => ("Binding", "", "v1", &["create"]),
         "log" => ("Pod", "", "v1", &["get"]),

@@ -1,24 +1,27 @@
-//! Delete, cascading (owner references), namespace termination, the pod grace-period sweep and
-//! deletecollection. Moved verbatim from the old `api.rs`: task C replaces this with controllers.
+//! Delete, the pod grace-period sweep and deletecollection.
+//!
+//! Delete only marks an object (`deletionTimestamp`, plus the `orphan` / `foregroundDeletion`
+//! finalizer its propagation policy asks for, and phase Terminating with the `kubernetes` spec
+//! finalizer for namespaces) when something holds it, and the write that removes its last
+//! finalizer removes it (`write.rs`, as kube-apiserver's generic registry does). Cascading
+//! (ownerReferences) and namespace cleanup are the controllers' work (`keelson-controllers`),
+//! which resume after any restart because all their state is stored here.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
 use serde_json::{Value, json};
 
 use super::{
-    Api, DeleteOpts, ListOpts, WriteOpts, conflict, from_kv, graceful_deadline, meta_mut, meta_str, not_found,
-    now_rfc3339, parse_rv, status_has_terminal_phase, to_bytes,
+    Api, DeleteOpts, ListOpts, conflict, graceful_deadline, meta_mut, meta_str, not_found, now_rfc3339, parse_rv,
+    status_has_terminal_phase, to_bytes,
 };
 use crate::error::ApiError;
-use crate::objects::FieldValidation;
-use crate::resources::{self, RESOURCES, ResourceDef};
+use crate::resources::{self, ResourceDef};
 use crate::storage::StoreError;
 
 impl Api {
-    /// Deletes (or starts deleting) one object; returns the object as last stored. Boxed because
-    /// cascading and namespace termination recurse into it.
+    /// Deletes (or starts deleting) one object; returns the object as last stored.
     pub fn delete<'a>(
         self: &'a Arc<Self>,
         res: &'static ResourceDef,
@@ -65,10 +68,6 @@ impl Api {
                 return Ok(obj);
             }
             let mut new = obj.clone();
-            let has_finalizers =
-                obj.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
-            let orphan = opts.propagation.as_deref() == Some("Orphan");
-            let foreground = opts.propagation.as_deref() == Some("Foreground");
             let mut graceful = false;
             if res.kind == "Pod" {
                 let spec_grace =
@@ -87,61 +86,26 @@ impl Api {
                     return Ok(obj);
                 }
             }
-            if res.kind == "Namespace" {
-                if obj.pointer("/metadata/deletionTimestamp").is_none() {
-                    meta_mut(&mut new).insert("deletionTimestamp".into(), json!(now_rfc3339()));
-                    new["status"]["phase"] = json!("Terminating");
-                    let rev2 = match self.store.update(&res.key(None, name), to_bytes(&new)?, rev).await {
-                        Ok(r) => r,
-                        Err(StoreError::Conflict { .. }) => continue,
-                        Err(e) => return Err(e.into()),
-                    };
-                    meta_mut(&mut new).insert("resourceVersion".into(), json!(rev2.to_string()));
-                    let api = self.clone();
-                    let ns_name = name.to_string();
-                    tokio::spawn(async move { api.terminate_namespace(ns_name).await });
-                }
-                return Ok(new);
+            gc_finalizers(&mut new, opts.propagation.as_deref());
+            if res.kind == "Namespace" && obj.pointer("/metadata/deletionTimestamp").is_none() {
+                // The namespace controller must empty it first, also for namespaces stored
+                // without the finalizer (by older servers).
+                super::strategy::ensure_kubernetes_finalizer(&mut new);
             }
-            if foreground {
-                let m = meta_mut(&mut new);
-                let f = m.entry("finalizers").or_insert_with(|| json!([]));
-                if let Value::Array(a) = f
-                    && !a.contains(&json!("foregroundDeletion"))
-                {
-                    a.push(json!("foregroundDeletion"));
-                }
-            }
-            if orphan
-                && !obj
-                    .pointer("/metadata/finalizers")
-                    .and_then(Value::as_array)
-                    .is_some_and(|a| a.contains(&json!("orphan")))
-            {
-                // Orphaning is done right here rather than through the `orphan` finalizer.
-                self.orphan_dependents(&obj).await?;
-            }
-            if has_finalizers || graceful || foreground {
-                if obj.pointer("/metadata/deletionTimestamp").is_none() {
+            let held_by_finalizers =
+                new.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+            let namespace_held = res.kind == "Namespace"
+                && new.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+            if held_by_finalizers || graceful || namespace_held {
+                // Only mark the object: whoever holds it (the garbage collector, the namespace
+                // controller, the kubelet, another finalizer's owner) removes what holds it, and
+                // the last removal deletes it (`update_with`, as the generic registry does).
+                if new.pointer("/metadata/deletionTimestamp").is_none() {
                     meta_mut(&mut new).insert("deletionTimestamp".into(), json!(now_rfc3339()));
                     meta_mut(&mut new).insert("deletionGracePeriodSeconds".into(), json!(0));
-                    if graceful {
-                        // Restore the graceful values set above (the insert order matters).
-                        let grace = opts
-                            .grace_period
-                            .unwrap_or(
-                                obj.pointer("/spec/terminationGracePeriodSeconds")
-                                    .and_then(Value::as_i64)
-                                    .unwrap_or(30),
-                            )
-                            .max(0);
-                        let deadline = Utc::now() + chrono::Duration::seconds(grace);
-                        meta_mut(&mut new).insert(
-                            "deletionTimestamp".into(),
-                            json!(deadline.to_rfc3339_opts(SecondsFormat::Secs, true)),
-                        );
-                        meta_mut(&mut new).insert("deletionGracePeriodSeconds".into(), json!(grace));
-                    }
+                }
+                if res.kind == "Namespace" {
+                    new["status"]["phase"] = json!("Terminating");
                 }
                 if new == obj {
                     return Ok(obj);
@@ -155,23 +119,14 @@ impl Api {
                 if graceful && let Some(d) = graceful_deadline(&new) {
                     self.graceful.lock().unwrap_or_else(|p| p.into_inner()).insert(res.key(ns, name), d);
                 }
-                if foreground {
-                    let api = self.clone();
-                    let o = new.clone();
-                    tokio::spawn(async move { api.foreground_delete(res, o).await });
-                }
                 return Ok(new);
             }
+            // Nothing holds it: gone now. Its dependents, if any, are the garbage collector's.
             match self.store.delete(&res.key(ns, name), rev).await {
                 Ok(drev) => {
                     self.after_delete(res, &obj);
                     let mut out = obj.clone();
                     meta_mut(&mut out).insert("resourceVersion".into(), json!(drev.to_string()));
-                    if !orphan {
-                        let api = self.clone();
-                        let o = obj.clone();
-                        tokio::spawn(async move { api.delete_dependents(&o).await });
-                    }
                     return Ok(out);
                 }
                 Err(StoreError::Conflict { .. }) => continue,
@@ -180,154 +135,6 @@ impl Api {
             }
         }
         Err(conflict(res, name, "too many concurrent modifications, please retry"))
-    }
-
-    /// Objects in the owner's namespace that list it in ownerReferences.
-    async fn dependents(&self, owner: &Value) -> Result<Vec<(&'static ResourceDef, Value)>, ApiError> {
-        let Some(uid) = meta_str(owner, "uid") else { return Ok(Vec::new()) };
-        let ns = meta_str(owner, "namespace");
-        let mut out = Vec::new();
-        for res in RESOURCES.iter().filter(|r| r.namespaced || ns.is_none()) {
-            for kv in self.store.list(&res.list_prefix(ns), None, 0, None).await?.items {
-                let obj = from_kv(&kv)?;
-                let owned = obj
-                    .pointer("/metadata/ownerReferences")
-                    .and_then(Value::as_array)
-                    .is_some_and(|refs| refs.iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid)));
-                if owned {
-                    out.push((res, obj));
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Background cascading delete (what the garbage collector does upstream).
-    async fn delete_dependents(self: &Arc<Self>, owner: &Value) {
-        let deps = match self.dependents(owner).await {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(error = %e, "listing dependents for cascading delete");
-                return;
-            }
-        };
-        for (res, obj) in deps {
-            let name = meta_str(&obj, "name").unwrap_or_default().to_string();
-            let opts = DeleteOpts { propagation: Some("Background".into()), ..Default::default() };
-            match self.delete(res, meta_str(&obj, "namespace"), &name, &opts).await {
-                Ok(_) | Err(ApiError::NotFound { .. }) => {}
-                Err(e) => tracing::warn!(error = %e, name, "cascading delete"),
-            }
-        }
-    }
-
-    async fn foreground_delete(self: &Arc<Self>, res: &'static ResourceDef, owner: Value) {
-        self.delete_dependents(&owner).await;
-        // Wait for the dependents to disappear (bounded), then drop our finalizer.
-        for _ in 0..600 {
-            match self.dependents(&owner).await {
-                Ok(d) if d.is_empty() => break,
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-        let ns = meta_str(&owner, "namespace").map(str::to_string);
-        let name = meta_str(&owner, "name").unwrap_or_default().to_string();
-        let r = self
-            .update_with(
-                res,
-                ns.as_deref(),
-                &name,
-                None,
-                &WriteOpts { field_validation: FieldValidation::Ignore, ..Default::default() },
-                |cur| {
-                    let mut n = cur.clone();
-                    if let Some(Value::Array(f)) = n.pointer_mut("/metadata/finalizers") {
-                        f.retain(|x| x != "foregroundDeletion");
-                    }
-                    Ok((n, None))
-                },
-            )
-            .await;
-        if let Err(e) = r
-            && !matches!(e, ApiError::NotFound { .. })
-        {
-            tracing::warn!(error = %e, name, "finishing foreground deletion");
-        }
-    }
-
-    async fn orphan_dependents(&self, owner: &Value) -> Result<(), ApiError> {
-        let uid = meta_str(owner, "uid").unwrap_or_default().to_string();
-        for (res, obj) in self.dependents(owner).await? {
-            let name = meta_str(&obj, "name").unwrap_or_default().to_string();
-            let opts = WriteOpts { field_validation: FieldValidation::Ignore, ..Default::default() };
-            let r = self
-                .update_with(res, meta_str(&obj, "namespace"), &name, None, &opts, |cur| {
-                    let mut n = cur.clone();
-                    if let Some(Value::Array(refs)) = n.pointer_mut("/metadata/ownerReferences") {
-                        refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid.as_str()));
-                    }
-                    Ok((n, None))
-                })
-                .await;
-            if let Err(e) = r
-                && !matches!(e, ApiError::NotFound { .. })
-            {
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-
-    /// Deletes everything in a terminating namespace, then the namespace itself.
-    async fn terminate_namespace(self: Arc<Self>, ns: String) {
-        for attempt in 0..600 {
-            let mut remaining = 0;
-            for res in RESOURCES.iter().filter(|r| r.namespaced) {
-                let items = match self.store.list(&res.list_prefix(Some(&ns)), None, 0, None).await {
-                    Ok(p) => p.items,
-                    Err(e) => {
-                        tracing::warn!(error = %e, ns, "listing namespace contents");
-                        remaining += 1;
-                        continue;
-                    }
-                };
-                for kv in items {
-                    remaining += 1;
-                    let Ok(obj) = from_kv(&kv) else { continue };
-                    let name = meta_str(&obj, "name").unwrap_or_default().to_string();
-                    // Namespace deletion does not wait for pod grace periods beyond the first pass.
-                    let grace = if attempt > 0 { Some(0) } else { None };
-                    let opts = DeleteOpts {
-                        grace_period: grace,
-                        propagation: Some("Background".into()),
-                        ..Default::default()
-                    };
-                    if let Err(e) = self.delete(res, Some(&ns), &name, &opts).await
-                        && !matches!(e, ApiError::NotFound { .. })
-                    {
-                        tracing::debug!(error = %e, ns, name, "namespace content delete");
-                    }
-                }
-            }
-            if remaining == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let Some(nsres) = resources::find("", "v1", "namespaces") else { return };
-        let opts = WriteOpts { field_validation: FieldValidation::Ignore, ..Default::default() };
-        let r = self
-            .update_with(nsres, None, &ns, None, &opts, |cur| {
-                let mut n = cur.clone();
-                n["spec"]["finalizers"] = json!([]);
-                Ok((n, None))
-            })
-            .await;
-        if let Err(e) = r
-            && !matches!(e, ApiError::NotFound { .. })
-        {
-            tracing::warn!(error = %e, ns, "finalizing namespace");
-        }
     }
 
     /// Removes pods whose grace period has ended. Called periodically.
@@ -371,5 +178,111 @@ impl Api {
         }
         let rv = self.store.current_revision().await?;
         Ok(Self::list_object(res, deleted, rv, None))
+    }
+}
+
+/// Sets the garbage collector's finalizers for a delete with `propagation` (upstream's
+/// `deletionFinalizersForGarbageCollection`): Orphan → `orphan`, Foreground →
+/// `foregroundDeletion`, Background → neither; no policy keeps what the object has.
+fn gc_finalizers(obj: &mut Value, propagation: Option<&str>) {
+    let (add, remove): (&[&str], &[&str]) = match propagation {
+        Some("Orphan") => (&["orphan"], &["foregroundDeletion"]),
+        Some("Foreground") => (&["foregroundDeletion"], &["orphan"]),
+        Some("Background") => (&[], &["orphan", "foregroundDeletion"]),
+        _ => return,
+    };
+    let has = obj.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+    if !has && add.is_empty() {
+        return;
+    }
+    let m = meta_mut(obj);
+    let f = m.entry("finalizers").or_insert_with(|| json!([]));
+    if !f.is_array() {
+        *f = json!([]);
+    }
+    if let Value::Array(a) = f {
+        a.retain(|x| !x.as_str().is_some_and(|x| remove.contains(&x)));
+        for x in add {
+            if !a.iter().any(|y| y == x) {
+                a.push(json!(x));
+            }
+        }
+        if a.is_empty() {
+            m.remove("finalizers");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::Duration;
+
+    use super::*;
+    use crate::registry::WriteOpts;
+    use crate::storage::Store;
+    use crate::storage::sqlite::{SqliteStore, SyncMode};
+
+    #[tokio::test]
+    async fn delete_marks_what_is_held_and_the_last_finalizer_removal_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("db"), SyncMode::Normal).unwrap());
+        let api = Arc::new(Api::new(store, "10.96.0.0/12".parse().unwrap(), Duration::from_secs(5)));
+        let opts = WriteOpts { field_manager: "test".into(), ..Default::default() };
+        let nsres = resources::find("", "v1", "namespaces").unwrap();
+        let res = resources::find("", "v1", "configmaps").unwrap();
+        // A protobuf-style create with an empty finalizer list still gets `kubernetes`.
+        let ns =
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "n"}, "spec": {"finalizers": []}});
+        let (ns, _) = api.create(nsres, None, ns, &opts).await.unwrap();
+        assert_eq!(ns["spec"]["finalizers"], json!(["kubernetes"]));
+        let del = |p: &str| DeleteOpts { propagation: Some(p.into()), ..Default::default() };
+        for (name, policy, finalizer) in [
+            ("fg", "Foreground", Some("foregroundDeletion")),
+            ("or", "Orphan", Some("orphan")),
+            ("bg", "Background", None),
+        ] {
+            let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "n"}});
+            api.create(res, Some("n"), cm, &opts).await.unwrap();
+            let out = api.delete(res, Some("n"), name, &del(policy)).await.unwrap();
+            let stored = api.get(res, Some("n"), name).await;
+            match finalizer {
+                Some(f) => {
+                    assert_eq!(out["metadata"]["finalizers"], json!([f]), "{policy}");
+                    assert!(out["metadata"]["deletionTimestamp"].is_string(), "{policy}");
+                    assert!(stored.is_ok(), "{policy}: held by its finalizer");
+                    // Removing the last finalizer deletes it.
+                    let r = api.update_with(res, Some("n"), name, None, &opts, |cur| {
+                        let mut c = cur.clone();
+                        c["metadata"]["finalizers"] = json!([]);
+                        Ok((c, None))
+                    });
+                    r.await.unwrap();
+                    assert!(matches!(api.get(res, Some("n"), name).await, Err(ApiError::NotFound { .. })), "{policy}");
+                }
+                None => assert!(matches!(stored, Err(ApiError::NotFound { .. })), "{policy}: nothing holds it"),
+            }
+        }
+        // A namespace only turns Terminating; a plain update cannot drop its finalizer, the
+        // finalize subresource can, and that deletes it.
+        let out = api.delete(nsres, None, "n", &DeleteOpts::default()).await.unwrap();
+        assert_eq!(out["status"]["phase"], "Terminating");
+        let strip = |cur: &Value| {
+            let mut c = cur.clone();
+            c["spec"]["finalizers"] = json!([]);
+            c["metadata"]["labels"]["x"] = json!("y");
+            Ok((c, None))
+        };
+        let (kept, _) = api.update_with(nsres, None, "n", None, &opts, strip).await.unwrap();
+        assert_eq!(kept["spec"]["finalizers"], json!(["kubernetes"]));
+        let finalize = |cur: &Value| {
+            let mut c = cur.clone();
+            c["spec"]["finalizers"] = json!([]);
+            c["metadata"]["labels"]["x"] = json!("ignored");
+            Ok((c, None))
+        };
+        let (fin, _) = api.update_with(nsres, None, "n", Some("finalize"), &opts, finalize).await.unwrap();
+        assert_eq!(fin["metadata"]["labels"]["x"], "y", "finalize changes nothing but spec.finalizers");
+        assert!(matches!(api.get(nsres, None, "n").await, Err(ApiError::NotFound { .. })));
     }
 }

@@ -3,11 +3,11 @@
 //!
 //! The HTTP layer only parses requests and renders responses; everything with
 //! Kubernetes semantics lives here: resourceVersion handling, optimistic concurrency, defaulting
-//! and validation, graceful pod deletion, finalizers, owner-reference cascading, namespace
-//! termination and ClusterIP/NodePort allocation.
+//! and validation, graceful pod deletion, finalizers and ClusterIP/NodePort allocation. Cascading
+//! (ownerReferences) and namespace cleanup are the controllers' (`keelson-controllers`).
 //!
-//! Files: [`read`] (list and watch), [`write`] (create and update), [`delete`] (delete, cascading,
-//! namespace termination, the grace-period sweep), [`strategy`] (what differs per kind),
+//! Files: [`read`] (list and watch), [`write`] (create and update), [`delete`] (delete marking,
+//! the grace-period sweep), [`strategy`] (what differs per kind),
 //! [`subresources`] (scale and binding), [`rbac`] (the RBAC policy cache, bootstrap policy and
 //! access reviews). This layer uses [`crate::storage`] and the pure semantics (objects,
 //! validation, selectors, patch, apply); it never uses the HTTP layer above it.

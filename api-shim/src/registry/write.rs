@@ -275,6 +275,22 @@ impl Api {
             meta_mut(new).remove("resourceVersion");
             return Ok(());
         }
+        if res.kind == "Namespace" && sub == Some("finalize") {
+            // The finalize subresource changes `spec.finalizers` and nothing else (upstream's
+            // finalize strategy); the namespace controller removes `kubernetes` through it.
+            let finalizers = new.pointer("/spec/finalizers").cloned();
+            *new = old.clone();
+            match finalizers {
+                Some(f) => new["spec"]["finalizers"] = f,
+                None => {
+                    if let Some(Value::Object(spec)) = new.get_mut("spec") {
+                        spec.remove("finalizers");
+                    }
+                }
+            }
+            meta_mut(new).remove("resourceVersion");
+            return Ok(());
+        }
         {
             let m = meta_mut(new);
             for k in keep {

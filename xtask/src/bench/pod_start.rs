@@ -1,6 +1,8 @@
-//! `cargo xtask bench pod-start`: static pod start p50/p99 through the agent beside the raw
-//! containerd floor, and agent RSS idle / with 30 pods. Builds release binaries and runs
-//! `keelson-bench-pod-start` (in the tests crate, which links the agent library), as root.
+//! `cargo xtask bench pod-start`: static pod start p50/p99 through the agent beside a floor that
+//! does the same work without the agent (netns, CNI ADD through the same conflist, pod cgroup,
+//! pause, app with keelson-logger; each part shown), both after one warm-up pod, and agent RSS
+//! idle / with 30 pods. Builds release binaries and runs `keelson-bench-pod-start` (in the tests
+//! crate, which links the agent library), as root.
 
 use crate::util;
 use std::process::Command;

@@ -538,6 +538,17 @@ pub fn bootstrap_objects() -> Vec<(&'static str, Value)> {
             ],
         ),
         binding("cluster-admin", "cluster-admin", &[MASTERS]),
+        // The in-process controllers: cluster-admin for now (upstream narrows this to the
+        // `system:kube-controller-manager` role plus one service account per controller).
+        (
+            "clusterrolebindings",
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": meta("system:kube-controller-manager"),
+                "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": "cluster-admin"},
+                "subjects": [{"apiGroup": RBAC_GROUP, "kind": "User", "name": "system:kube-controller-manager"}],
+            }),
+        ),
         binding("system:discovery", "system:discovery", &[authz::AUTHENTICATED]),
         binding("system:basic-user", "system:basic-user", &[authz::AUTHENTICATED]),
         binding(

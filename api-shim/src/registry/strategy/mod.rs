@@ -108,8 +108,46 @@ impl Strategy for PodStrategy {
 pub struct NamespaceStrategy;
 
 impl Strategy for NamespaceStrategy {
+    /// Every namespace starts with the `kubernetes` finalizer, whatever the client sent
+    /// (upstream's PrepareForCreate; protobuf clients send an empty list).
+    fn prepare_for_create(&self, obj: &mut Value) {
+        ensure_kubernetes_finalizer(obj);
+    }
+
+    /// `spec.finalizers` changes only through `namespaces/{name}/finalize` (see `write.rs`).
+    fn prepare_for_update(&self, old: &Value, new: &mut Value) {
+        match old.pointer("/spec/finalizers") {
+            Some(f) => new["spec"]["finalizers"] = f.clone(),
+            None => {
+                if let Some(Value::Object(spec)) = new.get_mut("spec") {
+                    spec.remove("finalizers");
+                }
+            }
+        }
+    }
+
     fn ready_to_delete(&self, obj: &Value) -> bool {
         obj.pointer("/spec/finalizers").and_then(Value::as_array).is_none_or(|f| f.is_empty())
+    }
+}
+
+/// Adds `kubernetes` to a namespace's `spec.finalizers` (the namespace controller's finalizer).
+pub fn ensure_kubernetes_finalizer(obj: &mut Value) {
+    let Some(m) = obj.as_object_mut() else { return };
+    let spec = m.entry("spec").or_insert_with(|| json!({}));
+    if !spec.is_object() {
+        *spec = json!({});
+    }
+    if let Value::Object(spec) = spec {
+        let f = spec.entry("finalizers").or_insert_with(|| json!([]));
+        if !f.is_array() {
+            *f = json!([]);
+        }
+        if let Value::Array(a) = f
+            && !a.iter().any(|x| x == "kubernetes")
+        {
+            a.push(json!("kubernetes"));
+        }
     }
 }
 

@@ -1,0 +1,163 @@
+//! keelson-controllers: the cluster's level-triggered controllers, on `kube-runtime`.
+//!
+//! They talk to the API server only through a [`kube::Client`], so they run against any
+//! conformant server: in-process in `keelson-apiserver` (as k3s embeds its controller manager)
+//! or as the standalone `keelson-controller-manager --kubeconfig PATH`.
+//!
+//! Every controller has the same shape: a pure `plan` (state in, operations out, unit-tested
+//! without a server) and a thin reconciler that reads the state through watches or lists and
+//! executes the operations; each loop resyncs periodically and retries failures with backoff,
+//! so a restart of anything resumes the work from what is stored. One module per controller:
+//! [`gc`] (ownerReferences: background, foreground and orphan propagation) and [`namespace`]
+//! (namespace content cleanup and finalization). [`run`] starts the enabled set; which one runs
+//! is chosen with upstream's `--controllers` syntax ([`Selection`]).
+
+pub mod gc;
+pub mod kinds;
+pub mod namespace;
+pub mod object;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Client;
+
+use crate::kinds::Kinds;
+
+/// The controllers this crate provides, by their upstream `--controllers` names.
+pub const CONTROLLERS: &[&str] = &["garbagecollector", "namespace"];
+
+/// Short names accepted for convenience.
+fn canonical(name: &str) -> &str {
+    match name {
+        "gc" | "garbage-collector" => "garbagecollector",
+        other => other,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unknown controller {0:?} (known: {known})", known = CONTROLLERS.join(", "))]
+    UnknownController(String),
+    #[error("kind {0} is not served (or not listable, watchable and deletable)")]
+    UnknownKind(String),
+    #[error("a watch store was dropped before it synced")]
+    StoreClosed,
+    #[error("kube: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+/// Which controllers run: upstream's `--controllers` list (`*` = all on by default, `name` turns
+/// one on, `-name` off) minus `--disable-controllers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selection {
+    pub enabled: Vec<&'static str>,
+}
+
+impl Selection {
+    pub fn parse<S: AsRef<str>>(controllers: &[S], disabled: &[S]) -> Result<Selection, Error> {
+        let mut star = false;
+        let mut on = Vec::new();
+        let mut off = Vec::new();
+        let known = |n: &str| -> Result<&'static str, Error> {
+            let c = canonical(n);
+            CONTROLLERS.iter().copied().find(|k| *k == c).ok_or_else(|| Error::UnknownController(n.to_string()))
+        };
+        for item in controllers.iter().map(|s| s.as_ref().trim()).filter(|s| !s.is_empty()) {
+            match item {
+                "*" => star = true,
+                _ => match item.strip_prefix('-') {
+                    Some(n) => off.push(known(n)?),
+                    None => on.push(known(item)?),
+                },
+            }
+        }
+        for d in disabled.iter().map(|s| s.as_ref().trim()).filter(|s| !s.is_empty()) {
+            off.push(known(d)?);
+        }
+        let enabled = CONTROLLERS.iter().copied().filter(|c| !off.contains(c) && (star || on.contains(c))).collect();
+        Ok(Selection { enabled })
+    }
+
+    pub fn all() -> Selection {
+        Selection { enabled: CONTROLLERS.to_vec() }
+    }
+
+    pub fn is_enabled(&self, name: &str) -> bool {
+        self.enabled.contains(&canonical(name))
+    }
+}
+
+/// Options of [`run`].
+#[derive(Debug, Clone)]
+pub struct Opts {
+    pub selection: Selection,
+    pub gc: gc::GcOpts,
+    /// How often the namespace controller looks at every namespace again.
+    pub namespace_resync: Duration,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts { selection: Selection::all(), gc: gc::GcOpts::default(), namespace_resync: Duration::from_secs(300) }
+    }
+}
+
+/// Discovers the served kinds (retrying until the server answers) and runs the enabled
+/// controllers until one of them stops; each is restarted after an error.
+pub async fn run(client: Client, opts: Opts) -> Result<(), Error> {
+    if opts.selection.enabled.is_empty() {
+        return Ok(());
+    }
+    let mut delay = Duration::from_millis(100);
+    let kinds = loop {
+        match Kinds::discover(&client).await {
+            Ok(k) => break Arc::new(k),
+            Err(e) => {
+                tracing::debug!(error = %e, "controllers: discovery (retrying)");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    };
+    tracing::info!(controllers = ?opts.selection.enabled, kinds = kinds.list.len(), "starting controllers");
+    let mut tasks = tokio::task::JoinSet::new();
+    for name in opts.selection.enabled.iter().copied() {
+        let (client, kinds, opts) = (client.clone(), kinds.clone(), opts.clone());
+        tasks.spawn(async move {
+            loop {
+                let r = match name {
+                    "garbagecollector" => gc::run(client.clone(), kinds.clone(), opts.gc.clone()).await,
+                    "namespace" => namespace::run(client.clone(), kinds.clone(), opts.namespace_resync).await,
+                    _ => Ok(()),
+                };
+                if let Err(e) = r {
+                    tracing::warn!(controller = name, error = %e, "controller stopped; restarting");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn selection_follows_upstreams_controllers_flag() {
+        let none: &[&str] = &[];
+        let p = |c: &[&str], d: &[&str]| Selection::parse(c, d).map(|s| s.enabled);
+        assert_eq!(p(&["*"], none).unwrap(), vec!["garbagecollector", "namespace"]);
+        assert_eq!(p(&["*", "-gc"], none).unwrap(), vec!["namespace"]);
+        assert_eq!(p(&["namespace"], none).unwrap(), vec!["namespace"]);
+        assert_eq!(p(&["*"], &["namespace"]).unwrap(), vec!["garbagecollector"]);
+        assert_eq!(p(&["-garbagecollector", "*"], none).unwrap(), vec!["namespace"]);
+        assert_eq!(p(none, none).unwrap(), Vec::<&str>::new());
+        assert!(matches!(p(&["*", "-nope"], none), Err(Error::UnknownController(n)) if n == "nope"));
+        assert!(Selection::parse(&["*"], none).unwrap().is_enabled("gc"));
+    }
+}
