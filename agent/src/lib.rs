@@ -19,7 +19,6 @@ pub mod oci;
 pub mod pod;
 pub mod podworker;
 pub mod probe;
-pub mod quantity;
 pub mod runtime;
 pub mod server;
 pub mod source;

@@ -4,9 +4,12 @@
 //! like the API server's `fieldValidation=Strict`: a field the Pod schema does not know is an error
 //! naming its path, because a typo such as `imagePullPolicyy` silently ignored is worse than a
 //! rejected pod. Every error names the file, the document and the field, and only that pod is
-//! rejected — the other documents and files are unaffected.
+//! rejected — the other documents and files are unaffected. Strict decoding, names and
+//! quantities are the API server's own rules ([`keelson_apimachinery`]), so a manifest the agent
+//! accepts is one `kubectl create` would accept too.
 
 use k8s_openapi::api::core::v1::{Container, Pod, Probe};
+use keelson_apimachinery::objects;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
@@ -74,38 +77,16 @@ pub fn decode_value(value: Value, _node_name: &str) -> Result<Pod, (String, Stri
             ));
         }
     }
-    let pod: Pod = serde_json::from_value(value.clone()).map_err(|e| ("".to_string(), format!("invalid Pod: {e}")))?;
-    let back = serde_json::to_value(&pod).map_err(|e| ("".to_string(), e.to_string()))?;
-    if let Some(path) = first_unknown_field(&value, &back, "") {
+    // The API server's strict decoding (keelson-apimachinery): same unknown-field paths, same
+    // canonical quantities.
+    let (typed, unknown) =
+        objects::prune_unknown("Pod", value).map_err(|e| ("".to_string(), format!("invalid Pod: {e}")))?;
+    if let Some(path) = unknown.into_iter().next() {
         return Err((path, "unknown field".into()));
     }
+    let pod: Pod = serde_json::from_value(typed).map_err(|e| ("".to_string(), format!("invalid Pod: {e}")))?;
     validate_pod(&pod)?;
     Ok(pod)
-}
-
-/// Finds a field present in `input` that did not survive a round trip through the typed Pod.
-fn first_unknown_field(input: &Value, typed: &Value, path: &str) -> Option<String> {
-    match (input, typed) {
-        (Value::Object(i), Value::Object(t)) => {
-            for (k, v) in i {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
-                match t.get(k) {
-                    None if !v.is_null() => return Some(p),
-                    None => {}
-                    Some(tv) => {
-                        if let Some(u) = first_unknown_field(v, tv, &p) {
-                            return Some(u);
-                        }
-                    }
-                }
-            }
-            None
-        }
-        (Value::Array(i), Value::Array(t)) => {
-            i.iter().zip(t).enumerate().find_map(|(n, (iv, tv))| first_unknown_field(iv, tv, &format!("{path}[{n}]")))
-        }
-        _ => None,
-    }
 }
 
 /// Static pods get kubelet's treatment: the name is suffixed with the node name, the namespace
@@ -135,18 +116,6 @@ fn finalize_static(mut pod: Pod, path: &Path, doc: usize, node_name: &str) -> Po
     pod
 }
 
-fn is_dns1123_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-fn is_dns1123_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
-}
-
 type FieldErr = (String, String);
 
 /// Validates what the agent relies on, with kubelet/API-server rules and field paths.
@@ -156,14 +125,14 @@ pub fn validate_pod(pod: &Pod) -> Result<(), FieldErr> {
     if name.is_empty() {
         return e("metadata.name", "required");
     }
-    if !is_dns1123_subdomain(name) {
+    if !objects::is_dns_subdomain(name) {
         return e(
             "metadata.name",
             &format!("{name:?} is not a DNS-1123 subdomain (lowercase alphanumerics, '-', '.')"),
         );
     }
     if let Some(ns) = pod.metadata.namespace.as_deref()
-        && !is_dns1123_label(ns)
+        && !objects::is_dns_label(ns)
     {
         return e("metadata.namespace", &format!("{ns:?} is not a DNS-1123 label"));
     }
@@ -209,7 +178,7 @@ pub fn validate_pod(pod: &Pod) -> Result<(), FieldErr> {
 
 fn validate_container(c: &Container, f: &str, init: bool) -> Result<(), FieldErr> {
     let err = |sub: &str, r: String| Err((format!("{f}.{sub}"), r));
-    if !is_dns1123_label(&c.name) {
+    if !objects::is_dns_label(&c.name) {
         return err("name", format!("{:?} is not a DNS-1123 label", c.name));
     }
     if c.image.as_deref().unwrap_or("").trim().is_empty() {
@@ -219,8 +188,8 @@ fn validate_container(c: &Container, f: &str, init: bool) -> Result<(), FieldErr
         for (kind, map) in [("limits", &r.limits), ("requests", &r.requests)] {
             for (res, q) in map.iter().flatten() {
                 let parsed = match res.as_str() {
-                    "cpu" => crate::quantity::to_milli(q).map(|_| ()),
-                    _ => crate::quantity::to_bytes(q).map(|_| ()),
+                    "cpu" => keelson_apimachinery::quantity::to_milli(q).map(|_| ()),
+                    _ => keelson_apimachinery::quantity::to_bytes(q).map(|_| ()),
                 };
                 if let Err(e) = parsed {
                     return err(&format!("resources.{kind}.{res}"), format!("invalid quantity {:?}: {e}", q.0));
@@ -238,7 +207,7 @@ fn validate_container(c: &Container, f: &str, init: bool) -> Result<(), FieldErr
             return err(&format!("ports[{i}].protocol"), format!("unsupported value {proto:?}"));
         }
         if let Some(n) = p.name.as_deref()
-            && (n.is_empty() || n.len() > 15 || !n.bytes().any(|b| b.is_ascii_lowercase()) || !is_dns1123_label(n))
+            && (n.is_empty() || n.len() > 15 || !n.bytes().any(|b| b.is_ascii_lowercase()) || !objects::is_dns_label(n))
         {
             return err(&format!("ports[{i}].name"), format!("{n:?} is not a valid port name (IANA_SVC_NAME)"));
         }

@@ -9,6 +9,7 @@
 
 use crate::runtime::ImageConfig;
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
+use keelson_apimachinery::quantity;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -360,14 +361,14 @@ fn resource_ref(c: &Container, resource: &str, divisor: Option<&str>) -> Result<
     };
     let div = divisor.unwrap_or("1");
     if name == "cpu" {
-        let v = crate::quantity::to_milli(q).map_err(|e| e.to_string())?;
-        let d = crate::quantity::to_milli(&k8s_openapi::apimachinery::pkg::api::resource::Quantity(div.into()))
+        let v = quantity::to_milli(q).map_err(|e| e.to_string())?;
+        let d = quantity::to_milli(&k8s_openapi::apimachinery::pkg::api::resource::Quantity(div.into()))
             .map_err(|e| e.to_string())?
             .max(1);
         Ok(((v + d - 1) / d).to_string())
     } else {
-        let v = crate::quantity::to_bytes(q).map_err(|e| e.to_string())?;
-        let d = crate::quantity::to_bytes(&k8s_openapi::apimachinery::pkg::api::resource::Quantity(div.into()))
+        let v = quantity::to_bytes(q).map_err(|e| e.to_string())?;
+        let d = quantity::to_bytes(&k8s_openapi::apimachinery::pkg::api::resource::Quantity(div.into()))
             .map_err(|e| e.to_string())?
             .max(1);
         Ok(((v + d - 1) / d).to_string())

@@ -15,7 +15,7 @@
 //! kubelet, so a pod cannot escape its limits by adding containers.
 //!
 //! The pure arithmetic (QoS class, shares, quota, oom_score_adj, v1↔v2 conversions) lives in
-//! [`resources`] (quantities are read with [`crate::quantity`]); [`fs::CgroupFs`] is the real
+//! [`resources`] (quantities are read with [`keelson_apimachinery::quantity`]); [`fs::CgroupFs`] is the real
 //! implementation for cgroup v1 (incl. hybrid) and v2; `fake::FakeCgroups` (feature
 //! `test-helpers`) is a stateful fake.
 

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 
-use crate::quantity::{QuantityError, parse_quantity};
+use keelson_apimachinery::quantity::{QuantityError, parse_quantity};
 
 /// Minimum cpu.shares (kubelet `MinShares`).
 pub const MIN_SHARES: u64 = 2;
@@ -27,12 +27,24 @@ pub const GUARANTEED_OOM_SCORE_ADJ: i32 = -997;
 /// oom_score_adj of BestEffort pods.
 pub const BESTEFFORT_OOM_SCORE_ADJ: i32 = 1000;
 
-/// A pod's quality-of-service class, as in `status.qosClass`.
+/// A pod's quality-of-service class, as in `status.qosClass`: the API server's class
+/// ([`keelson_apimachinery::qos::QosClass`]) plus where its cgroups go on this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum QosClass {
     Guaranteed,
     Burstable,
     BestEffort,
+}
+
+impl From<keelson_apimachinery::qos::QosClass> for QosClass {
+    fn from(q: keelson_apimachinery::qos::QosClass) -> Self {
+        use keelson_apimachinery::qos::QosClass as Api;
+        match q {
+            Api::Guaranteed => QosClass::Guaranteed,
+            Api::Burstable => QosClass::Burstable,
+            Api::BestEffort => QosClass::BestEffort,
+        }
+    }
 }
 
 impl QosClass {
@@ -258,33 +270,11 @@ pub fn validate(spec: &PodSpec) -> Result<(), ResourceError> {
     Ok(())
 }
 
-/// kubelet's `ComputePodQOS` over cpu and memory of all containers, init containers included.
+/// The pod's QoS class ([`keelson_apimachinery::qos`], the API server's computation), after
+/// checking every quantity so a malformed one is named rather than ignored.
 pub fn qos_class(spec: &PodSpec) -> Result<QosClass, ResourceError> {
-    let mut requests = Amounts::default();
-    let mut limits = Amounts::default();
-    let mut guaranteed = true;
-    let all = spec
-        .containers
-        .iter()
-        .map(|c| (c, "containers"))
-        .chain(init_containers(spec).iter().map(|c| (c, "initContainers")));
-    for (c, kind) in all {
-        let (req, lim) = container_amounts(c, kind)?;
-        let positive = |v: Option<i64>| v.filter(|v| *v > 0);
-        requests = requests.add(Amounts { cpu: positive(req.cpu), memory: positive(req.memory) });
-        let lim = Amounts { cpu: positive(lim.cpu), memory: positive(lim.memory) };
-        if lim.cpu.is_none() || lim.memory.is_none() {
-            guaranteed = false;
-        }
-        limits = limits.add(lim);
-    }
-    if requests == Amounts::default() && limits == Amounts::default() {
-        return Ok(QosClass::BestEffort);
-    }
-    if guaranteed && requests == limits {
-        return Ok(QosClass::Guaranteed);
-    }
-    Ok(QosClass::Burstable)
+    validate(spec)?;
+    Ok(keelson_apimachinery::qos::qos_class(keelson_apimachinery::qos::containers_of(spec)).into())
 }
 
 /// Effective pod totals like kubelet's `PodRequests`/`PodLimits`: the sum over app containers and

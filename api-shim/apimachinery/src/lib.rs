@@ -7,7 +7,10 @@
 //!
 //! - [`objects`]: strict decoding (unknown fields), defaulting and validation per kind.
 //! - [`validation`]: kind-specific rules beyond the common ones.
+//! - [`quantity`]: resource quantities (parse, compare, canonical form).
+//! - [`qos`]: the pod QoS class.
 //! - [`selectors`]: label and field selectors.
+//! - [`strict`]: JSON decoding that reports duplicate keys.
 //! - [`patch`]: JSON patch, merge patch and strategic merge patch.
 //! - [`apply`]: managed fields and the pure half of server-side apply.
 //! - [`error`]: the `Status`/cause error type the validators return.
@@ -18,6 +21,9 @@ pub mod error;
 pub mod kinds;
 pub mod objects;
 pub mod patch;
+pub mod qos;
+pub mod quantity;
 pub mod resources;
 pub mod selectors;
+pub mod strict;
 pub mod validation;

@@ -58,6 +58,26 @@ pub fn decode_body(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
     }
 }
 
+/// [`decode_body`] for objects being written: a JSON key given twice is an error under
+/// `Strict` (400 `strict decoding error: duplicate field "a.b"`, as upstream) and a warning under
+/// `Warn`; returns the object and the warnings.
+pub fn decode_object(content_type: &str, body: &[u8], fv: FieldValidation) -> Result<(Value, Vec<String>), ApiError> {
+    let mime = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    if !matches!(mime.as_str(), "application/json" | "") {
+        return decode_body(content_type, body).map(|v| (v, Vec::new()));
+    }
+    let (v, dups) = crate::strict::from_slice_with_duplicates(body)
+        .map_err(|e| ApiError::bad_request(format!("error decoding JSON body: {e}")))?;
+    let msgs: Vec<String> = dups.iter().map(|d| format!("duplicate field \"{d}\"")).collect();
+    match fv {
+        FieldValidation::Strict if !msgs.is_empty() => {
+            Err(ApiError::bad_request(format!("strict decoding error: {}", msgs.join(", "))))
+        }
+        FieldValidation::Warn => Ok((v, msgs)),
+        _ => Ok((v, Vec::new())),
+    }
+}
+
 fn decode_yaml(body: &[u8]) -> Result<Value, ApiError> {
     // serde_yaml bounds recursion depth and alias expansion ("repetition limit"), so alias bombs
     // and deep nesting fail fast instead of exhausting memory.
@@ -72,7 +92,7 @@ fn normalize_quantities(v: &mut Value, under_quantity_map: bool) {
     match v {
         Value::Object(m) => {
             for (k, child) in m.iter_mut() {
-                let qmap = matches!(k.as_str(), "limits" | "requests" | "capacity" | "allocatable" | "hard" | "used");
+                let qmap = is_quantity_map(k);
                 if (under_quantity_map || k == "sizeLimit") && child.is_number() {
                     *child = Value::String(child.to_string());
                 } else {
@@ -125,12 +145,22 @@ fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<Strin
     }
 }
 
-/// Checks `obj` against the schema of `kind`; returns the pruned object and warnings.
-pub fn check_schema(kind: &str, mut obj: Value, fv: FieldValidation) -> Result<(Value, Vec<String>), ApiError> {
+/// Decodes `obj` as `kind`: returns the object as the schema has it (unknown fields dropped,
+/// quantities canonical) and the paths of the unknown fields (`spec.containers[0].imagePullPolicyy`),
+/// or the type error. The agent's static-pod decoding and [`check_schema`] share it.
+pub fn prune_unknown(kind: &str, mut obj: Value) -> Result<(Value, Vec<String>), String> {
     normalize_quantities(&mut obj, false);
-    let out = roundtrip(kind, obj.clone()).map_err(|e| ApiError::bad_request(format!("error decoding {kind}: {e}")))?;
+    let mut out = roundtrip(kind, obj.clone())?;
     let mut unknown = Vec::new();
     unknown_fields(&obj, &out, "", &mut unknown);
+    canonicalize_quantities(&mut out, false);
+    Ok((out, unknown))
+}
+
+/// Checks `obj` against the schema of `kind`; returns the pruned object and warnings.
+pub fn check_schema(kind: &str, obj: Value, fv: FieldValidation) -> Result<(Value, Vec<String>), ApiError> {
+    let (out, unknown) =
+        prune_unknown(kind, obj).map_err(|e| ApiError::bad_request(format!("error decoding {kind}: {e}")))?;
     let mut warnings = Vec::new();
     if !unknown.is_empty() {
         match fv {
@@ -316,37 +346,15 @@ fn template_defaults(obj: &mut Value) {
     }
 }
 
-/// Pod QoS class from container resources.
+/// Pod QoS class from container resources (see [`crate::qos`]).
 pub fn pod_qos(pod: &Value) -> &'static str {
-    let cs = pod.pointer("/spec/containers").and_then(Value::as_array).cloned().unwrap_or_default();
-    let mut any = false;
-    let mut guaranteed = !cs.is_empty();
-    for c in &cs {
-        let req = c.pointer("/resources/requests").and_then(Value::as_object);
-        let lim = c.pointer("/resources/limits").and_then(Value::as_object);
-        if req.is_some_and(|r| !r.is_empty()) || lim.is_some_and(|l| !l.is_empty()) {
-            any = true;
-        }
-        for r in ["cpu", "memory"] {
-            let l = lim.and_then(|l| l.get(r));
-            let q = req.and_then(|q| q.get(r)).or(l);
-            if l.is_none() || q != l {
-                guaranteed = false;
-            }
-        }
-    }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
+    let spec = pod.get("spec").unwrap_or(&Value::Null);
+    crate::qos::qos_class(crate::qos::containers_of_json(spec)).as_str()
 }
 
 // ---------------------------------------------------------------- validation
 
-pub(crate) fn is_dns_label(s: &str) -> bool {
+pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
@@ -358,7 +366,7 @@ pub fn is_dns_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
-pub(crate) fn is_qualified_name(s: &str) -> bool {
+pub fn is_qualified_name(s: &str) -> bool {
     let (prefix, name) = match s.rsplit_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, s),
@@ -373,7 +381,7 @@ pub(crate) fn is_qualified_name(s: &str) -> bool {
         && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric()
 }
 
-fn is_label_value(s: &str) -> bool {
+pub fn is_label_value(s: &str) -> bool {
     s.is_empty()
         || (s.len() <= 63
             && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
@@ -381,21 +389,76 @@ fn is_label_value(s: &str) -> bool {
             && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric())
 }
 
-/// Kubernetes resource quantity syntax (`100m`, `1.5Gi`, `2e3`).
+/// Whether `s` parses as a Kubernetes quantity (upstream's `ParseQuantity`, see
+/// [`crate::quantity`]; note `-`, `+`, `.` and `m` parse, as zero, like upstream).
 pub fn is_quantity(s: &str) -> bool {
-    let s = s.strip_prefix(['+', '-']).unwrap_or(s);
-    let num_end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let (num, suffix) = s.split_at(num_end);
-    if num.is_empty() || num == "." || num.matches('.').count() > 1 {
-        return false;
-    }
-    match suffix {
-        "" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" | "n" | "u" | "m" | "k" | "M" | "G" | "T" | "P" | "E" => true,
-        e if e.starts_with(['e', 'E']) => {
-            let exp = e[1..].strip_prefix(['+', '-']).unwrap_or(&e[1..]);
-            !exp.is_empty() && exp.bytes().all(|b| b.is_ascii_digit())
+    crate::quantity::parse(s).is_ok()
+}
+
+/// Keys whose value is a map of resource name → quantity, wherever they appear (containers,
+/// pod overhead, node capacity, PVC requests, quota hard/used).
+fn is_quantity_map(key: &str) -> bool {
+    matches!(key, "limits" | "requests" | "capacity" | "allocatable" | "hard" | "used" | "overhead")
+}
+
+/// Replaces every quantity the schema holds by its canonical form (`1.5` → `1500m`), as
+/// upstream's decode and re-encode does. Unparseable ones stay for validation to name.
+fn canonicalize_quantities(v: &mut Value, under_quantity_map: bool) {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m.iter_mut() {
+                match child {
+                    Value::String(s) if under_quantity_map || k == "sizeLimit" => {
+                        if let Ok(c) = crate::quantity::canonicalize(s) {
+                            *s = c;
+                        }
+                    }
+                    _ => canonicalize_quantities(child, is_quantity_map(k)),
+                }
+            }
         }
-        _ => false,
+        Value::Array(a) => a.iter_mut().for_each(|c| canonicalize_quantities(c, false)),
+        _ => {}
+    }
+}
+
+/// Every quantity of the object must parse and be at least zero (upstream's
+/// `ValidateResourceQuantityValue` / `ValidateNonnegativeQuantity`), wherever it sits.
+fn validate_quantities(v: &Value, path: &str, under_quantity_map: bool, causes: &mut Vec<Cause>) {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m {
+                let field = if under_quantity_map {
+                    format!("{path}[{k}]")
+                } else if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match child {
+                    Value::String(s) if under_quantity_map || k == "sizeLimit" => {
+                        match crate::quantity::parse(s.trim()) {
+                            Err(_) => causes.push(Cause::invalid(
+                                field,
+                                s,
+                                "must match the regex ^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$",
+                            )),
+                            Ok(q) if q.is_negative() => {
+                                causes.push(Cause::invalid(field, q, crate::quantity::NEGATIVE_MESSAGE))
+                            }
+                            Ok(_) => {}
+                        }
+                    }
+                    _ => validate_quantities(child, &field, is_quantity_map(k), causes),
+                }
+            }
+        }
+        Value::Array(a) => {
+            for (i, c) in a.iter().enumerate() {
+                validate_quantities(c, &format!("{path}[{i}]"), false, causes);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -457,23 +520,6 @@ fn validate_labels(labels: Option<&Value>, field: &str, causes: &mut Vec<Cause>)
     }
 }
 
-fn validate_resources(c: &Value, path: &str, causes: &mut Vec<Cause>) {
-    for part in ["limits", "requests"] {
-        if let Some(Value::Object(m)) = c.pointer(&format!("/resources/{part}")) {
-            for (k, v) in m {
-                let s = v.as_str().unwrap_or_default();
-                if !is_quantity(s) {
-                    causes.push(Cause::invalid(
-                        format!("{path}.resources.{part}[{k}]"),
-                        s,
-                        "must match the regex ^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$",
-                    ));
-                }
-            }
-        }
-    }
-}
-
 /// Validates a pod spec at `path` (e.g. `spec` or `spec.template.spec`).
 fn validate_pod_spec(spec: Option<&Value>, path: &str, causes: &mut Vec<Cause>) {
     let Some(spec) = spec else {
@@ -524,7 +570,6 @@ fn validate_pod_spec(spec: Option<&Value>, path: &str, causes: &mut Vec<Cause>) 
                     ));
                 }
             }
-            validate_resources(c, &cp, causes);
         }
     }
     if let Some(rp) = spec.get("restartPolicy").and_then(Value::as_str)
@@ -592,6 +637,41 @@ pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 pub fn path_segment_name_error(name: &str) -> Option<&'static str> {
     let bad = name == "." || name == ".." || name.contains('/') || name.contains('%');
     bad.then_some("may not be '.' or '..' and may not contain '/' or '%'")
+}
+
+/// Upstream's `MaxSecretSize`, the cap on the data of one ConfigMap or Secret.
+pub const MAX_DATA_SIZE: usize = 1024 * 1024;
+
+/// Decoded length of a base64 value (the schema check has made sure it is base64).
+fn base64_len(s: &str) -> usize {
+    s.trim_end_matches('=').len() * 3 / 4
+}
+
+/// The size cap of ConfigMaps (`data` + `binaryData`, reported on the whole object as `[]`) and
+/// Secrets (`data` with `stringData` merged in, reported on `data`), as upstream.
+fn data_size_cause(kind: &str, obj: &Value) -> Option<Cause> {
+    let map = |k: &str| obj.get(k).and_then(Value::as_object);
+    let text = |v: &Value| v.as_str().map_or(0, str::len);
+    let binary = |v: &Value| v.as_str().map_or(0, base64_len);
+    let (total, field) = if kind == "ConfigMap" {
+        let data: usize = map("data").into_iter().flatten().map(|(_, v)| text(v)).sum();
+        let bin: usize = map("binaryData").into_iter().flatten().map(|(_, v)| binary(v)).sum();
+        (data + bin, "[]")
+    } else {
+        let string = map("stringData");
+        let data: usize = map("data")
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| string.is_none_or(|s| !s.contains_key(*k)))
+            .map(|(_, v)| binary(v))
+            .sum();
+        (data + string.into_iter().flatten().map(|(_, v)| text(v)).sum::<usize>(), "data")
+    };
+    (total > MAX_DATA_SIZE).then(|| Cause {
+        reason: "FieldValueTooLong",
+        field: field.into(),
+        message: format!("Too long: must have at most {MAX_DATA_SIZE} bytes"),
+    })
 }
 
 /// Validates an object for create (or update, when `old` is given).
@@ -662,9 +742,13 @@ pub fn validate_with(
                     }
                 }
             }
+            if let Some(c) = data_size_cause(res.kind, obj) {
+                causes.push(c);
+            }
         }
         _ => {}
     }
+    validate_quantities(obj, "", false, &mut causes);
     extra(&mut causes);
     crate::validation::validate_kind(res, obj, old, &mut causes);
     if let Some(old) = old {
@@ -849,12 +933,91 @@ mod tests {
         assert!(validate(res, &new, Some(&old)).is_err());
         new["spec"]["clusterIP"] = json!("");
         assert!(validate(res, &new, Some(&old)).is_ok());
-        for q in ["1", "100m", "1.5Gi", "2e3", "+1k", ".5"] {
+        // Upstream parses "-", "+", "." and a bare "m" as zero.
+        for q in ["1", "100m", "1.5Gi", "2e3", "+1k", ".5", "-", "+", ".", "m"] {
             assert!(is_quantity(q), "{q}");
         }
-        for q in ["", "1.2.3", "1Q", "m", "1e"] {
+        for q in ["", "1.2.3", "1Q", "1e", " 1"] {
             assert!(!is_quantity(q), "{q}");
         }
+    }
+
+    #[test]
+    fn configmap_and_secret_data_is_capped_at_one_mebibyte() {
+        use base64::Engine as _;
+        let cm_res = find("", "v1", "configmaps").unwrap();
+        let half = "x".repeat(MAX_DATA_SIZE / 2);
+        let mut cm = json!({"metadata": {"name": "c"}, "data": {"a": half, "b": half}});
+        assert!(validate(cm_res, &cm, None).is_ok(), "exactly 1 MiB is allowed");
+        let b64 = base64::engine::general_purpose::STANDARD.encode([7u8]);
+        cm["binaryData"] = json!({"c": b64});
+        let ApiError::Invalid { causes, .. } = validate(cm_res, &cm, None).unwrap_err() else { panic!() };
+        assert_eq!(
+            (causes[0].reason, causes[0].field.as_str(), causes[0].message.as_str()),
+            ("FieldValueTooLong", "[]", "Too long: must have at most 1048576 bytes")
+        );
+        let err = validate(cm_res, &cm, None).unwrap_err();
+        assert_eq!(err.code(), 422);
+        assert!(err.to_string().contains("[]: Too long: must have at most 1048576 bytes"), "{err}");
+
+        let secret_res = find("", "v1", "secrets").unwrap();
+        let full = base64::engine::general_purpose::STANDARD.encode(vec![0u8; MAX_DATA_SIZE]);
+        let mut secret = json!({"metadata": {"name": "s"}, "data": {"a": full}});
+        assert!(validate(secret_res, &secret, None).is_ok());
+        secret["stringData"] = json!({"b": "y"});
+        let ApiError::Invalid { causes, .. } = validate(secret_res, &secret, None).unwrap_err() else { panic!() };
+        assert_eq!((causes[0].field.as_str(), causes[0].reason), ("data", "FieldValueTooLong"));
+        // stringData replaces the data key of the same name rather than adding to it.
+        secret["stringData"] = json!({"a": "y"});
+        assert!(validate(secret_res, &secret, None).is_ok());
+    }
+
+    #[test]
+    fn duplicate_json_keys_follow_field_validation() {
+        let body = br#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "name": "b"}}"#;
+        let err = decode_object("application/json", body, FieldValidation::Strict).unwrap_err();
+        assert_eq!(err.code(), 400);
+        assert_eq!(err.to_string(), r#"strict decoding error: duplicate field "metadata.name""#);
+        let (v, warnings) = decode_object("application/json", body, FieldValidation::Warn).unwrap();
+        assert_eq!(
+            (v["metadata"]["name"].as_str(), warnings),
+            (Some("b"), vec![r#"duplicate field "metadata.name""#.to_string()])
+        );
+        let (_, warnings) = decode_object("application/json; charset=utf-8", body, FieldValidation::Ignore).unwrap();
+        assert!(warnings.is_empty());
+    }
+
+    #[test]
+    fn negative_quantities_are_refused_and_canonical_ones_stored() {
+        let res = find("", "v1", "pods").unwrap();
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [
+            {"name": "c", "image": "i", "resources": {"requests": {"cpu": "1.5", "memory": "-5Mi"}, "limits": {"cpu": "0.0001m"}}}
+        ], "overhead": {"memory": "-1"}}});
+        let (stored, _) = check_schema("Pod", pod, FieldValidation::Strict).unwrap();
+        let r = &stored["spec"]["containers"][0]["resources"];
+        assert_eq!((r["requests"]["cpu"].as_str(), r["limits"]["cpu"].as_str()), (Some("1500m"), Some("100n")));
+        let ApiError::Invalid { causes, .. } = validate(res, &stored, None).unwrap_err() else { panic!() };
+        let got: Vec<(&str, &str)> = causes.iter().map(|c| (c.field.as_str(), c.message.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "spec.containers[0].resources.requests[memory]",
+                    "Invalid value: \"-5Mi\": must be greater than or equal to 0"
+                ),
+                ("spec.overhead[memory]", "Invalid value: \"-1\": must be greater than or equal to 0"),
+                // Compared exactly, not as floats: 1500m > 100n.
+                (
+                    "spec.containers[0].resources.requests",
+                    "Invalid value: \"1500m\": must be less than or equal to cpu limit of 100n"
+                ),
+            ]
+        );
+        let node = find("", "v1", "nodes").unwrap();
+        let n = json!({"metadata": {"name": "n"}, "status": {"capacity": {"cpu": "-2"}, "allocatable": {"cpu": "x"}}});
+        let ApiError::Invalid { causes, .. } = validate(node, &n, None).unwrap_err() else { panic!() };
+        let fields: Vec<&str> = causes.iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(fields, ["status.allocatable[cpu]", "status.capacity[cpu]"]);
     }
 
     #[test]

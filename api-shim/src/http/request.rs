@@ -217,6 +217,20 @@ pub(super) fn decode_body(content_type: &str, body: &[u8]) -> Result<Value, ApiE
     keelson_apimachinery::objects::decode_body(content_type, body)
 }
 
+/// [`decode_body`] for objects being written, with upstream's duplicate-key handling per
+/// `fieldValidation` (see [`keelson_apimachinery::objects::decode_object`]); returns warnings.
+pub(super) fn decode_object(
+    content_type: &str,
+    body: &[u8],
+    fv: crate::objects::FieldValidation,
+) -> Result<(Value, Vec<String>), ApiError> {
+    let mime = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    if mime == "application/vnd.kubernetes.protobuf" {
+        return decode_body(content_type, body).map(|v| (v, Vec::new()));
+    }
+    keelson_apimachinery::objects::decode_object(content_type, body, fv)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

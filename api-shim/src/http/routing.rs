@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 
 use super::discovery::{self, Aggregated};
 use super::request::{
-    Target, content_type, decode_body, delete_opts, list_opts, parse_resource_path, read_body, write_opts,
+    Target, content_type, decode_body, decode_object, delete_opts, list_opts, parse_resource_path, read_body,
+    write_opts,
 };
 use super::response::{Body, full, json_response, render_one, wants, watch_response};
 use super::server::Server;
@@ -172,8 +173,9 @@ impl Server {
                 let w = wants(&headers, &q)?;
                 let body = read_body(body).await?;
                 let opts = write_opts(&q, &headers)?;
-                let obj = decode_body(&content_type(&headers), &body)?;
-                let (obj, warnings) = api.create(res, ns, obj, &opts).await?;
+                let (obj, mut warnings) = decode_object(&content_type(&headers), &body, opts.field_validation)?;
+                let (obj, w2) = api.create(res, ns, obj, &opts).await?;
+                warnings.extend(w2);
                 Ok(render_one(res, &obj, w, StatusCode::CREATED, &warnings))
             }
             (Method::POST, Some(name), Some("binding")) => {
@@ -187,14 +189,14 @@ impl Server {
                 let w = wants(&headers, &q)?;
                 let body = read_body(body).await?;
                 let opts = write_opts(&q, &headers)?;
-                let obj = decode_body(&content_type(&headers), &body)?;
+                let (obj, mut warnings) = decode_object(&content_type(&headers), &body, opts.field_validation)?;
                 if sub == Some("scale") {
                     let out = api.update_scale(res, ns, name, &opts, |_| Ok(obj.clone())).await?;
                     return Ok(json_response(StatusCode::OK, &out, &[]));
                 }
                 let rv = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string);
-                let (out, warnings) =
-                    api.update_with(res, ns, name, sub, &opts, |_| Ok((obj.clone(), rv.clone()))).await?;
+                let (out, w2) = api.update_with(res, ns, name, sub, &opts, |_| Ok((obj.clone(), rv.clone()))).await?;
+                warnings.extend(w2);
                 Ok(render_one(res, &out, w, StatusCode::OK, &warnings))
             }
             (Method::PATCH, Some(name), sub) => {
