@@ -2,35 +2,60 @@
 //!
 //! `keelson-apiserver` serves the core, apps, batch, discovery.k8s.io and coordination.k8s.io
 //! resources that unmodified kubectl, kube-rs and the official Python client need: HTTPS with
-//! token and client-certificate auth, RBAC authorization (see [`authz`] and [`rbac`]),
-//! discovery (legacy and aggregated), OpenAPI v3 for
-//! server-side field validation, list/watch with real resourceVersion semantics, all patch
-//! types including server-side apply, validation with field causes, Table output, and storage in
-//! an embedded SQLite log (default) or etcd v3. Controllers and the scheduler live elsewhere.
+//! token and client-certificate auth, RBAC authorization, discovery (legacy and aggregated),
+//! OpenAPI v3 for server-side field validation, list/watch with real resourceVersion semantics,
+//! all patch types including server-side apply, validation with field causes, Table output, and
+//! storage in an embedded SQLite log (default) or etcd v3. Controllers and the scheduler live
+//! elsewhere.
+//!
+//! # Layers
+//!
+//! The server is three layers, as kube-apiserver is (`endpoints` → `registry` → `storage`), so
+//! that each can be read, tested and replaced without the ones above it:
+//!
+//! ```text
+//!   http      transport (TLS, h1/h2), authentication, per-request authorization, routing,
+//!    │        discovery, OpenAPI, Table, protobuf bodies, PKI
+//!    ▼
+//!   registry  the verbs and subresources on generic objects; a per-kind strategy (defaults,
+//!    │        validation, prepare create/update, after delete, ClusterIP/NodePort allocation);
+//!    │        delete/cascade/namespace termination; the RBAC policy cache
+//!    ▼
+//!   storage   the `Store` trait: embedded SQLite log, etcd v3, the watch cache
+//!
+//!   pure semantics (objects, validation, selectors, patch, apply, error, resources, kinds):
+//!   used by every layer, use none of them
+//! ```
+//!
+//! An arrow is the only direction a `use` may point: `storage` names neither `registry` nor
+//! `http`, and `registry` never names `http` (`grep -rn 'crate::http' src/registry src/storage`
+//! finds nothing). [`run`] is the composition root that wires the three together.
 //!
 //! Data directory layout (default `/var/lib/keelson/apiserver`): `state.db` (embedded store),
 //! `ca.crt`, `apiserver.crt`, `admin.crt` + keys, `tokens.csv`, and the kubeconfigs
 //! `admin.kubeconfig` (token) and `admin-cert.kubeconfig` (client certificate).
 
-pub mod alloc;
-pub mod api;
+pub mod http;
+pub mod registry;
+pub mod storage;
+
+// Server-side halves of the pure semantics (the pure parts are in `keelson-apimachinery`).
 pub mod apply;
-pub mod authz;
-pub mod discovery;
 pub mod error;
-pub mod kinds;
 pub mod objects;
-pub mod openapi;
-pub mod patch;
-pub mod proto;
-pub mod rbac;
-pub mod resources;
-pub mod selectors;
-pub mod server;
-pub mod store;
-pub mod table;
-pub mod tls;
-pub mod validation;
+
+// The Kubernetes semantics live in keelson-apimachinery; these keep `crate::selectors::X` and
+// friends working. `objects`, `error` and `apply` are local modules that re-export the pure
+// module and add the server-only parts (protobuf, RBAC rules, store errors, the store round trip).
+pub use keelson_apimachinery::{kinds, patch, resources, selectors, validation};
+
+// The flat paths of before the layering, still named by the pure-semantics files above (until
+// they move out) and by tests in other crates (`store`). Nothing new should use them.
+pub use http::proto;
+pub use registry as api;
+pub use registry::rbac;
+pub use registry::rbac::authz;
+pub use storage as store;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,15 +64,15 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::api::{Api, WriteOpts};
 use crate::error::ApiError;
 use crate::objects::FieldValidation;
-use crate::store::Store;
+use crate::registry::{Api, WriteOpts};
+use crate::storage::Store;
 
 /// Which storage backend to use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
-    Sqlite { sync: store::sqlite::SyncMode },
+    Sqlite { sync: storage::sqlite::SyncMode },
     Etcd { endpoints: Vec<String> },
 }
 
@@ -73,7 +98,7 @@ impl Config {
             listen,
             advertise: None,
             service_cidr: ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(10, 96, 0, 0), 12).unwrap_or_default(),
-            backend: Backend::Sqlite { sync: store::sqlite::SyncMode::Full },
+            backend: Backend::Sqlite { sync: storage::sqlite::SyncMode::Full },
             history: 10_000,
             compact_interval: Duration::from_secs(60),
             bookmark_interval: Duration::from_secs(5),
@@ -84,9 +109,9 @@ impl Config {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("tls: {0}")]
-    Tls(#[from] tls::TlsError),
+    Tls(#[from] http::tls::TlsError),
     #[error("store: {0}")]
-    Store(#[from] store::StoreError),
+    Store(#[from] storage::StoreError),
     #[error("bootstrap: {0}")]
     Bootstrap(#[from] ApiError),
     #[error("listen on {addr}: {source}")]
@@ -99,13 +124,13 @@ async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, RunError> {
     match &cfg.backend {
         Backend::Sqlite { sync } => {
             std::fs::create_dir_all(&cfg.data_dir)
-                .map_err(|e| store::StoreError::Backend(format!("{}: {e}", cfg.data_dir.display())))?;
-            Ok(Arc::new(store::sqlite::SqliteStore::open(&cfg.data_dir.join("state.db"), *sync)?))
+                .map_err(|e| storage::StoreError::Backend(format!("{}: {e}", cfg.data_dir.display())))?;
+            Ok(Arc::new(storage::sqlite::SqliteStore::open(&cfg.data_dir.join("state.db"), *sync)?))
         }
         Backend::Etcd { endpoints } => {
             let ep = endpoints.first().cloned().unwrap_or_else(|| "http://127.0.0.1:2379".into());
-            let etcd: Arc<dyn Store> = Arc::new(store::etcd::EtcdStore::connect(&ep).await?);
-            Ok(Arc::new(store::cache::WatchCache::new(etcd, cfg.history.clamp(100, 1_000) as usize)))
+            let etcd: Arc<dyn Store> = Arc::new(storage::etcd::EtcdStore::connect(&ep).await?);
+            Ok(Arc::new(storage::cache::WatchCache::new(etcd, cfg.history.clamp(100, 1_000) as usize)))
         }
     }
 }
@@ -169,18 +194,18 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     api.recover().await?;
     let mut hosts = vec![advertise.clone(), local.ip().to_string(), api.kubernetes_service_ip().to_string()];
     hosts.dedup();
-    let pki = tls::Pki::ensure(&cfg.data_dir, &hosts, &server_url)?;
+    let pki = http::tls::Pki::ensure(&cfg.data_dir, &hosts, &server_url)?;
     let tls_cfg = pki.server_config()?;
-    let tokens = tls::load_tokens(&pki.token_file)?;
+    let tokens = http::tls::load_tokens(&pki.token_file)?;
     bootstrap(&api, &advertise, local.port()).await?;
-    rbac::ensure_bootstrap(&api).await?;
+    registry::rbac::ensure_bootstrap(&api).await?;
     // Serve only once the policy cache has listed every RBAC resource (like upstream's RBAC hook).
-    let authz = Arc::new(rbac::Authorizer::default());
+    let authz = Arc::new(registry::rbac::Authorizer::default());
     authz.start(&api);
     authz.wait_synced().await;
 
     // Build the OpenAPI documents now rather than on a client's first request.
-    tokio::task::spawn_blocking(|| openapi::documents().docs.len());
+    tokio::task::spawn_blocking(|| http::openapi::documents().docs.len());
     let sweeper = api.clone();
     tokio::spawn(async move {
         let mut t = tokio::time::interval(Duration::from_millis(500));
@@ -200,8 +225,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         }
     });
     let server =
-        Arc::new(server::Server { api, tokens, server_address: format!("{advertise}:{}", local.port()), authz });
+        Arc::new(http::server::Server { api, tokens, server_address: format!("{advertise}:{}", local.port()), authz });
     tracing::info!(%local, kubeconfig = %pki.admin_kubeconfig.display(), "keelson-apiserver listening");
     println!("keelson-apiserver listening on https://{local} kubeconfig={}", pki.admin_kubeconfig.display());
-    server::serve(server, listener, tls_cfg).await.map_err(RunError::Serve)
+    http::server::serve(server, listener, tls_cfg).await.map_err(RunError::Serve)
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use keelson_api_shim::{Backend, Config, store::sqlite::SyncMode};
+use keelson_api_shim::{Backend, Config, storage::sqlite::SyncMode};
 
 #[derive(Parser)]
 #[command(about = "keelson's Kubernetes API server")]

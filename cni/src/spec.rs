@@ -1,6 +1,11 @@
 //! CNI 1.1.0 wire types: the network configuration on stdin, the `CNI_*` environment, results and
 //! errors, each rendered in the `cniVersion` the runtime asked for.
 //!
+//! Both sides of the protocol use them: the plugin reads configs and writes results, and the
+//! agent's CNI caller (a runtime, like libcni) reads any plugin's result ([`CniResult::parse`],
+//! every version down to 0.1.0) and error object ([`CniError::parse`]) with the same types, so the
+//! two cannot drift apart.
+//!
 //! Everything here is pure (no I/O besides reading the given environment map) so that parsing and
 //! validation are unit-tested without root. The plugin refuses bad input *before* touching the
 //! kernel or the IPAM store, which is what keeps a rejected ADD from leaving anything behind.
@@ -46,7 +51,7 @@ pub mod code {
 
 /// A spec error: printed as JSON on stdout with a non-zero exit status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("CNI error {code}: {msg} ({details})")]
+#[error("CNI error {code}: {msg}{}", details_suffix(details))]
 pub struct CniError {
     pub code: u32,
     pub msg: String,
@@ -62,6 +67,19 @@ impl CniError {
     pub fn to_json(&self, version: &str) -> Value {
         serde_json::json!({ "cniVersion": version, "code": self.code, "msg": self.msg, "details": self.details })
     }
+
+    /// Reads an error object a plugin printed (`{"code": 7, "msg": …, "details": …}`); `None` if
+    /// the bytes are not one (not JSON, or no numeric `code`).
+    pub fn parse(bytes: &[u8]) -> Option<CniError> {
+        let v: Value = serde_json::from_slice(bytes).ok()?;
+        let code = u32::try_from(v.get("code")?.as_u64()?).ok()?;
+        let text = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+        Some(CniError { code, msg: text("msg"), details: text("details") })
+    }
+}
+
+fn details_suffix(details: &str) -> String {
+    if details.is_empty() { String::new() } else { format!(" ({details})") }
 }
 
 /// The CNI command (`CNI_COMMAND`).
@@ -296,6 +314,18 @@ pub fn check_command_version(cmd: Command, version: &str) -> Result<(), CniError
     Ok(())
 }
 
+/// Orders CNI versions numerically ("0.3.1" < "0.4.0" < "1.0.0" < "1.1.0" < "1.10.0"); missing or
+/// non-numeric parts count as 0.
+pub fn version_tuple(v: &str) -> (u32, u32, u32) {
+    let mut it = v.split('.').map(|p| p.trim().parse::<u32>().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+/// True if version `v >= min`.
+pub fn version_at_least(v: &str, min: &str) -> bool {
+    version_tuple(v) >= version_tuple(min)
+}
+
 /// Parses an IPv4 CIDR for config fields (code 7 on failure).
 pub fn parse_v4_net(field: &str, s: &str) -> Result<Ipv4Net, CniError> {
     s.parse::<Ipv4Net>()
@@ -305,6 +335,7 @@ pub fn parse_v4_net(field: &str, s: &str) -> Result<Ipv4Net, CniError> {
 /// One interface of a result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Interface {
+    #[serde(default)]
     pub name: String,
     #[serde(default)]
     pub mac: String,
@@ -318,7 +349,7 @@ pub struct Interface {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IpConfig {
     pub address: ipnet::IpNet,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "empty_as_none")]
     pub gateway: Option<IpAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<usize>,
@@ -328,8 +359,16 @@ pub struct IpConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteConfig {
     pub dst: ipnet::IpNet,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "empty_as_none")]
     pub gw: Option<IpAddr>,
+}
+
+/// Some plugins write `"gateway": ""` for "none".
+fn empty_as_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<IpAddr>, D::Error> {
+    match Option::<String>::deserialize(d)?.as_deref() {
+        None | Some("") => Ok(None),
+        Some(s) => s.parse().map(Some).map_err(serde::de::Error::custom),
+    }
 }
 
 /// A version-independent result; [`CniResult::to_json`] renders it for a given cniVersion.
@@ -392,22 +431,71 @@ impl CniResult {
         serde_json::json!({ "cniVersion": version, "interfaces": interfaces, "ips": ips, "routes": routes, "dns": dns })
     }
 
-    /// Parses a `prevResult` (any supported version) into the neutral form.
+    /// Parses a `prevResult` (any supported version) into the neutral form; see [`CniResult::parse`].
     pub fn from_prev(v: &Value) -> Result<CniResult, CniError> {
-        let bad = |what: &str, e: String| CniError::new(code::DECODE_FAILURE, format!("invalid prevResult {what}"), e);
-        let interfaces: Vec<Interface> = match v.get("interfaces") {
-            Some(x) => serde_json::from_value(x.clone()).map_err(|e| bad("interfaces", e.to_string()))?,
-            None => Vec::new(),
-        };
-        let ips: Vec<IpConfig> = match v.get("ips") {
-            Some(x) => serde_json::from_value(x.clone()).map_err(|e| bad("ips", e.to_string()))?,
-            None => Vec::new(),
-        };
-        let routes: Vec<RouteConfig> = match v.get("routes") {
-            Some(x) => serde_json::from_value(x.clone()).map_err(|e| bad("routes", e.to_string()))?,
-            None => Vec::new(),
-        };
-        Ok(CniResult { interfaces, ips, routes, dns: v.get("dns").cloned().unwrap_or(Value::Null) })
+        Self::parse(v)
+    }
+
+    /// Parses a result of any version a plugin may print: 0.1.x/0.2.x (`ip4`/`ip6` blocks, no
+    /// interfaces; a missing `cniVersion` means 0.1.0) and 0.3.0–1.1.x (`interfaces`, `ips` with
+    /// their interface index checked, `routes`). Unknown fields (0.3.x's per-IP `version`) are
+    /// ignored. Errors are code 6 (decode failure).
+    pub fn parse(v: &Value) -> Result<CniResult, CniError> {
+        let bad = |what: &str, e: String| CniError::new(code::DECODE_FAILURE, format!("invalid result {what}"), e);
+        if !v.is_object() {
+            return Err(bad("", "not a JSON object".into()));
+        }
+        fn field<T: serde::de::DeserializeOwned>(v: &Value, key: &str) -> Result<Vec<T>, String> {
+            match v.get(key) {
+                Some(x) if !x.is_null() => serde_json::from_value(x.clone()).map_err(|e| e.to_string()),
+                _ => Ok(Vec::new()),
+            }
+        }
+        let dns = v.get("dns").cloned().unwrap_or(Value::Null);
+        let version = v.get("cniVersion").and_then(Value::as_str).unwrap_or("0.1.0");
+        if !version_at_least(version, "0.3.0") {
+            // {"ip4": {"ip": "10.0.0.2/24", "gateway": "…", "routes": […]}, "ip6": {…}}
+            #[derive(Deserialize)]
+            struct Legacy {
+                ip: ipnet::IpNet,
+                #[serde(default, deserialize_with = "empty_as_none")]
+                gateway: Option<IpAddr>,
+                #[serde(default)]
+                routes: Vec<RouteConfig>,
+            }
+            let mut out = CniResult { dns, ..CniResult::default() };
+            for key in ["ip4", "ip6"] {
+                let Some(block) = v.get(key).filter(|b| !b.is_null()) else { continue };
+                let l: Legacy = serde_json::from_value(block.clone()).map_err(|e| bad(key, e.to_string()))?;
+                out.ips.push(IpConfig { address: l.ip, gateway: l.gateway, interface: None });
+                out.routes.extend(l.routes);
+            }
+            return Ok(out);
+        }
+        let interfaces: Vec<Interface> = field(v, "interfaces").map_err(|e| bad("interfaces", e))?;
+        let ips: Vec<IpConfig> = field(v, "ips").map_err(|e| bad("ips", e))?;
+        let routes: Vec<RouteConfig> = field(v, "routes").map_err(|e| bad("routes", e))?;
+        if let Some(i) = ips.iter().filter_map(|ip| ip.interface).find(|i| *i >= interfaces.len()) {
+            return Err(bad("ips", format!("ip refers to interface {i} of {}", interfaces.len())));
+        }
+        Ok(CniResult { interfaces, ips, routes, dns })
+    }
+
+    /// The pod's addresses: IPs on a sandbox (container-side) interface or on no interface at all,
+    /// IPv4 first, without duplicates. Host-side IPs (the bridge's) are not the pod's.
+    pub fn pod_ips(&self) -> Vec<IpAddr> {
+        let mut out: Vec<IpAddr> = self
+            .ips
+            .iter()
+            .filter(|ip| match ip.interface.and_then(|i| self.interfaces.get(i)) {
+                Some(iface) => iface.sandbox.as_deref().is_some_and(|s| !s.is_empty()),
+                None => true,
+            })
+            .map(|ip| ip.address.addr())
+            .collect();
+        out.sort_by_key(IpAddr::is_ipv6);
+        out.dedup();
+        out
     }
 }
 
@@ -550,6 +638,91 @@ mod tests {
         assert_eq!(j["code"], 100);
         assert_eq!(j["msg"], "no free address");
         assert_eq!(j["cniVersion"], "1.0.0");
+    }
+
+    #[test]
+    fn results_of_every_version_parse() {
+        let v1 = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "interfaces": [
+                {"name": "cni0", "mac": "aa:bb:cc:dd:ee:01"},
+                {"name": "veth1", "mac": "aa:bb:cc:dd:ee:02"},
+                {"name": "eth0", "mac": "aa:bb:cc:dd:ee:03", "sandbox": "/run/netns/p1"}
+            ],
+            "ips": [{"address": "10.1.0.5/24", "gateway": "10.1.0.1", "interface": 2},
+                    {"address": "fd00::5/64", "interface": 2, "gateway": ""}],
+            "routes": [{"dst": "0.0.0.0/0", "gw": "10.1.0.1"}, {"dst": "10.96.0.0/12"}],
+            "dns": {"nameservers": ["10.96.0.10"], "search": ["svc.cluster.local"]}
+        });
+        let r = CniResult::parse(&v1).unwrap();
+        assert_eq!(r.interfaces[2].sandbox.as_deref(), Some("/run/netns/p1"));
+        assert_eq!(r.ips[0].address.to_string(), "10.1.0.5/24", "host bits are kept");
+        assert_eq!(r.ips[1].gateway, None, "empty gateway is none");
+        assert_eq!(r.routes[1].gw, None);
+        assert_eq!(r.dns["nameservers"][0], "10.96.0.10");
+        let want: Vec<IpAddr> = vec!["10.1.0.5".parse().unwrap(), "fd00::5".parse().unwrap()];
+        assert_eq!(r.pod_ips(), want);
+
+        let v03 = serde_json::json!({"cniVersion": "0.3.1", "interfaces": [{"name": "eth0", "sandbox": "/x"}],
+            "ips": [{"version": "4", "address": "10.2.0.9/16", "interface": 0}]});
+        assert_eq!(CniResult::parse(&v03).unwrap().ips[0].address.prefix_len(), 16);
+
+        let legacy = serde_json::json!({"cniVersion": "0.2.0",
+            "ip4": {"ip": "10.3.0.4/24", "gateway": "10.3.0.1", "routes": [{"dst": "0.0.0.0/0"}]}, "dns": {}});
+        let r = CniResult::parse(&legacy).unwrap();
+        assert_eq!(r.pod_ips(), vec!["10.3.0.4".parse::<IpAddr>().unwrap()]);
+        assert_eq!(r.routes.len(), 1);
+        assert_eq!(r.ips[0].gateway, Some("10.3.0.1".parse().unwrap()));
+        let unversioned = serde_json::json!({"ip6": {"ip": "fd00::7/64"}});
+        assert_eq!(CniResult::parse(&unversioned).unwrap().pod_ips(), vec!["fd00::7".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn host_side_ips_are_not_pod_ips() {
+        let raw = serde_json::json!({
+            "cniVersion": "0.4.0",
+            "interfaces": [{"name": "cni0"}, {"name": "eth0", "sandbox": "/x"}, {"name": "e1", "sandbox": ""}],
+            "ips": [{"address": "10.1.0.1/24", "interface": 0}, {"address": "10.1.0.7/24", "interface": 1},
+                    {"address": "10.1.0.8/24", "interface": 2}]
+        });
+        assert_eq!(CniResult::parse(&raw).unwrap().pod_ips(), vec!["10.1.0.7".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn malformed_results_are_rejected() {
+        use serde_json::json;
+        for bad in [
+            json!([]),
+            json!({"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.1"}]}),
+            json!({"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.1/33"}]}),
+            json!({"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.1/24", "interface": 3}]}),
+            json!({"cniVersion": "1.0.0", "routes": [{"dst": "nope"}]}),
+            json!({"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.1/24", "gateway": "x"}]}),
+            json!({"cniVersion": "0.2.0", "ip4": {"ip": "nope"}}),
+        ] {
+            assert_eq!(CniResult::parse(&bad).unwrap_err().code, code::DECODE_FAILURE, "{bad}");
+        }
+    }
+
+    #[test]
+    fn error_objects_are_read_back() {
+        let e =
+            CniError::parse(br#"{"cniVersion":"1.0.0","code":11,"msg":"try again","details":"lock held"}"#).unwrap();
+        assert_eq!(e, CniError::new(11, "try again", "lock held"));
+        assert_eq!(e.to_string(), "CNI error 11: try again (lock held)");
+        assert_eq!(CniError::new(7, "bad", "").to_string(), "CNI error 7: bad");
+        assert_eq!(CniError::parse(e.to_json("0.4.0").to_string().as_bytes()), Some(e));
+        assert!(CniError::parse(b"not json").is_none());
+        assert!(CniError::parse(br#"{"msg":"no code"}"#).is_none());
+    }
+
+    #[test]
+    fn versions_compare_numerically() {
+        assert!(version_at_least("1.1.0", "1.1.0"));
+        assert!(version_at_least("1.10.0", "1.9.0"));
+        assert!(!version_at_least("1.0.0", "1.1.0"));
+        assert!(!version_at_least("0.3.1", "0.4.0"));
+        assert_eq!(version_tuple("1"), (1, 0, 0));
     }
 
     #[test]

@@ -14,7 +14,8 @@ use crate::nft::{NftCli, NftError, NftProxier};
 use std::path::PathBuf;
 
 /// Which backend to run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Mode {
     /// eBPF, falling back to nftables (with a warning) if it cannot load.
     Auto,

@@ -9,6 +9,45 @@
 //! In hybrid mode the pod hierarchy is also created in the cgroup2 mount, which has no
 //! controllers there: it gives cgroup-BPF programs (socket load balancing) a directory that
 //! contains every pod ([`CgroupFs::bpf_attach_dir`]). runc adds the container leaves itself.
+//!
+//! # Why not `cgroups-rs`
+//!
+//! The design names `cgroups-rs`; its newest release (0.5.1) builds on this toolchain but does not
+//! do what the agent needs, so this small layer stays. Evaluated on 2026-12-07 on the hybrid CI
+//! machine with a probe program (`cgroups_rs::fs::hierarchies::auto()`, `CgroupBuilder` for
+//! `cgexp-<pid>/burstable/podX` with cpu shares 512, quota 20000, memory 32 MiB, pids 50, then a
+//! process in a child leaf), run as root:
+//!
+//! ```text
+//! is_cgroup2_unified_mode = false
+//! auto().v2() = false  root() = /sys/fs/cgroup
+//!   subsystem BlkIo|Mem|Pids|CpuSet|CpuAcct|Cpu|Devices|Freezer|Systemd  (the v1 mounts only)
+//! build(cgexp-22894/burstable/podX) ok
+//!   exists /sys/fs/cgroup/{cpu,memory,pids,cpuset,freezer}/cgexp-22894/burstable/podX: true
+//!   exists /sys/fs/cgroup/unified/cgexp-22894/burstable/podX: false
+//!   cpu.shares = 512, cpu.cfs_quota_us = 20000, memory.limit_in_bytes = 33554432, pids.max = 50,
+//!   cpuset.cpus = 0-1
+//! procs(pod) = []                          (a `sleep` sits in the child leaf podX/ctr)
+//! kill() = Err(Error { kind: CgroupVersion, cause: None })
+//! delete() with a busy leaf = Err(Error { kind: RemoveFailed, cause: Some(Os { code: 16, .. }) })
+//! ```
+//!
+//! What that means for the agent:
+//! - **No hybrid mode.** Detection is "/sys/fs/cgroup is cgroup2 or not"; its mountinfo parser keeps
+//!   only `cgroup` (v1) mounts, so the controller-less cgroup2 tree at `/sys/fs/cgroup/unified` is
+//!   never created. The agent needs the pod tree there: runc puts every container in it, and the
+//!   service datapath attaches cgroup-BPF programs to `<unified>/<root>`.
+//! - **v1 limits only for writes.** `kill()` is v2-only (`cgroup.kill`); `procs()` is not recursive,
+//!   so processes in runc's container leaves are invisible; a busy `delete()` says EBUSY without the
+//!   PIDs. Killing, collecting PIDs, leaves-first removal and listing pods would stay hand-written.
+//! - **Untestable v2 path here.** The v2 hierarchy root is the constant `/sys/fs/cgroup` and v1
+//!   discovery always reads `/proc/self/mountinfo`: the v2 code could not run against a fixture tree,
+//!   which is the only way to test v2 on this hybrid machine (see the tests below).
+//! - **Weight.** It depends unconditionally on `zbus` 5 (an async D-Bus stack for its systemd
+//!   driver), `nix` 0.25 and `thiserror` 1 beside the workspace's `nix` 0.30 and `thiserror` 2:
+//!   92 crates for what here is five file writes per pod.
+//!
+//! Reconsider when it learns hybrid layouts and a configurable mount root.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

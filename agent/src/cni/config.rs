@@ -34,17 +34,6 @@ pub struct PluginConf {
     pub raw: Map<String, Value>,
 }
 
-/// Orders CNI versions ("0.3.1" < "0.4.0" < "1.0.0" < "1.1.0"); missing parts are 0.
-pub fn version_tuple(v: &str) -> (u32, u32, u32) {
-    let mut it = v.split('.').map(|p| p.trim().parse::<u32>().unwrap_or(0));
-    (it.next().unwrap_or(0), it.next().unwrap_or(0), it.next().unwrap_or(0))
-}
-
-/// True if `v >= min`.
-pub fn version_at_least(v: &str, min: &str) -> bool {
-    version_tuple(v) >= version_tuple(min)
-}
-
 fn invalid(path: &Path, reason: impl Into<String>) -> CniError {
     CniError::InvalidConfig { path: path.to_path_buf(), reason: reason.into() }
 }
@@ -298,15 +287,5 @@ mod tests {
             json!({"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]})
         );
         assert_eq!(c1["x"], 1);
-    }
-
-    #[test]
-    fn versions_compare_numerically() {
-        assert!(version_at_least("1.1.0", "1.1.0"));
-        assert!(version_at_least("1.10.0", "1.9.0"));
-        assert!(!version_at_least("1.0.0", "1.1.0"));
-        assert!(version_at_least("0.4.0", "0.4.0"));
-        assert!(!version_at_least("0.3.1", "0.4.0"));
-        assert_eq!(version_tuple("1"), (1, 0, 0));
     }
 }

@@ -18,14 +18,17 @@
 //! [`CniConfig::plugin_netns`] runs the plugins inside a given network namespace (`setns` between
 //! fork and exec): tests and the multi-node e2e use it to run a whole "node" inside a netns
 //! without touching the host's network.
+//!
+//! The wire types (results of every version, error objects, commands, version ordering) are
+//! `keelson_cni::spec`'s, the same ones the plugin writes with: caller and plugin cannot disagree.
 
 pub mod cache;
 pub mod config;
-pub mod result;
 #[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -36,7 +39,36 @@ use tracing::Instrument;
 
 pub use cache::{CacheEntry, ResultCache};
 pub use config::{NetworkConfigList, PluginConf, load_from_dir};
-pub use result::{CniResult, Dns, Interface, IpConfig, IpNetwork, PluginError, Route, parse_result};
+/// A plugin's error object (`{"code", "msg", "details"}`): the spec's error type.
+pub use keelson_cni::spec::CniError as PluginError;
+pub use keelson_cni::spec::{CniResult, Interface, IpConfig, RouteConfig};
+use keelson_cni::spec::{Command, version_at_least};
+
+/// What a chain (or one plugin of it) returned: the parsed result and the JSON exactly as the
+/// plugin wrote it. The raw JSON is what the next plugin gets as `prevResult` and what the cache
+/// keeps for CHECK/DEL, so fields the agent does not model (a plugin's extensions) survive.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChainResult {
+    pub result: CniResult,
+    pub raw: Value,
+}
+
+impl ChainResult {
+    /// Parses a plugin's result of any version (see [`CniResult::parse`]).
+    pub fn parse(raw: Value) -> Result<ChainResult, PluginError> {
+        Ok(ChainResult { result: CniResult::parse(&raw)?, raw })
+    }
+
+    /// The `cniVersion` the result was written in (0.1.0 when absent, as the spec says).
+    pub fn cni_version(&self) -> &str {
+        self.raw.get("cniVersion").and_then(Value::as_str).unwrap_or("0.1.0")
+    }
+
+    /// The pod's addresses, IPv4 first (see [`CniResult::pod_ips`]).
+    pub fn pod_ips(&self) -> Vec<IpAddr> {
+        self.result.pod_ips()
+    }
+}
 
 /// Errors of the CNI runtime, each with the file, plugin or attachment involved.
 #[derive(Debug, thiserror::Error)]
@@ -244,25 +276,6 @@ pub struct CniRuntime {
     cache: ResultCache,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Command {
-    Add,
-    Del,
-    Check,
-    Gc,
-}
-
-impl Command {
-    fn as_str(self) -> &'static str {
-        match self {
-            Command::Add => "ADD",
-            Command::Del => "DEL",
-            Command::Check => "CHECK",
-            Command::Gc => "GC",
-        }
-    }
-}
-
 impl CniRuntime {
     pub fn new(config: CniConfig) -> Self {
         let cache = ResultCache::new(&config.cache_dir);
@@ -287,19 +300,19 @@ impl CniRuntime {
     /// The cached result of an attachment on the current network, if any: how the agent learns
     /// a pod's IPs again after a restart without re-running ADD (which is not idempotent for
     /// most plugins: bridge refuses an existing interface).
-    pub fn cached_result(&self, a: &Attachment) -> Result<Option<CniResult>> {
+    pub fn cached_result(&self, a: &Attachment) -> Result<Option<ChainResult>> {
         a.validate()?;
         let list = self.load_network()?;
         let Some(entry) = self.cache.read(&list.name, &a.container_id, &a.ifname)? else { return Ok(None) };
-        parse_result(entry.result).map(Some).map_err(|reason| CniError::BadResult {
+        ChainResult::parse(entry.result).map(Some).map_err(|e| CniError::BadResult {
             plugin: "<cache>".into(),
             command: "ADD",
-            reason,
+            reason: e.to_string(),
         })
     }
 
     /// Attaches a pod: runs ADD over the chain and caches the result.
-    pub async fn add(&self, a: &Attachment) -> Result<CniResult> {
+    pub async fn add(&self, a: &Attachment) -> Result<ChainResult> {
         a.validate()?;
         let list = self.load_network()?;
         let span =
@@ -323,10 +336,10 @@ impl CniRuntime {
                 prev = Some(self.parse_output(plugin, Command::Add, &out)?.raw);
             }
             let raw = prev.unwrap_or(Value::Null);
-            let result = parse_result(raw.clone()).map_err(|reason| CniError::BadResult {
+            let result = ChainResult::parse(raw.clone()).map_err(|e| CniError::BadResult {
                 plugin: list.plugins.last().map(|p| p.plugin_type.clone()).unwrap_or_default(),
                 command: "ADD",
-                reason,
+                reason: e.to_string(),
             })?;
             self.cache.write(&CacheEntry::new(
                 &a.container_id,
@@ -397,7 +410,7 @@ impl CniRuntime {
         cached_result: Option<&Value>,
     ) -> Result<()> {
         // prevResult on DEL exists from spec 0.4.0 on.
-        let prev = cached_result.filter(|_| config::version_at_least(&list.cni_version, "0.4.0"));
+        let prev = cached_result.filter(|_| version_at_least(&list.cni_version, "0.4.0"));
         for plugin in list.plugins.iter().rev() {
             let conf = config::build_plugin_config(list, plugin, prev, caps, &[]);
             self.exec(plugin, Command::Del, Some(a), netns, &conf).await?;
@@ -416,7 +429,7 @@ impl CniRuntime {
             ifname: a.ifname.clone(),
             reason,
         };
-        if !config::version_at_least(&list.cni_version, "0.4.0") {
+        if !version_at_least(&list.cni_version, "0.4.0") {
             return Err(unsupported(format!("cniVersion {} has no CHECK", list.cni_version)));
         }
         if list.disable_check {
@@ -494,7 +507,7 @@ impl CniRuntime {
                 }
             }
             match current {
-                Ok(list) if config::version_at_least(&list.cni_version, "1.1.0") && !list.disable_gc => {
+                Ok(list) if version_at_least(&list.cni_version, "1.1.0") && !list.disable_gc => {
                     let attachments: Vec<Value> =
                         valid.iter().map(|k| json!({"containerID": k.container_id, "ifname": k.ifname})).collect();
                     let extra = [("cni.dev/valid-attachments", Value::Array(attachments))];
@@ -524,14 +537,14 @@ impl CniRuntime {
             .ok_or_else(|| CniError::PluginNotFound { plugin: plugin.to_string(), dirs: self.config.bin_dirs.clone() })
     }
 
-    fn parse_output(&self, plugin: &PluginConf, command: Command, out: &[u8]) -> Result<CniResult> {
+    fn parse_output(&self, plugin: &PluginConf, command: Command, out: &[u8]) -> Result<ChainResult> {
         let bad = |reason: String| CniError::BadResult {
             plugin: plugin.plugin_type.clone(),
             command: command.as_str(),
             reason,
         };
         let raw: Value = serde_json::from_slice(out).map_err(|e| bad(format!("not JSON: {e}")))?;
-        parse_result(raw).map_err(bad)
+        ChainResult::parse(raw).map_err(|e| bad(e.to_string()))
     }
 
     /// Executes one plugin; returns its stdout on success.

@@ -314,6 +314,7 @@ async fn single_plugin_conf_files_work() {
     std::fs::remove_file(conf.join("10-test.conflist")).unwrap();
     std::fs::write(conf.join("10-single.conf"), r#"{"cniVersion":"0.4.0","name":"single","type":"only"}"#).unwrap();
     let r = f.rt.add(&f.attachment("c1")).await.expect("ADD");
-    assert_eq!(r.ips[0].address.to_string(), "10.9.0.7/24");
+    assert_eq!(r.result.ips[0].address.to_string(), "10.9.0.7/24");
+    assert_eq!(r.cni_version(), "1.0.0", "the plugin's own result version is kept");
     assert_eq!(f.read_json("ADD-only.stdin")["name"], "single");
 }

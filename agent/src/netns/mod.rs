@@ -14,6 +14,9 @@
 //!
 //! Removal is idempotent: a missing file or a file that is no longer a mount point is fine.
 
+#[cfg(feature = "test-helpers")]
+pub mod fake;
+
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -272,6 +275,40 @@ pub fn remove(path: &Path) -> Result<()> {
     }
     tracing::debug!(path = %path.display(), "netns removed");
     Ok(())
+}
+
+/// The namespace operations the pod worker and the orphan sweep need, behind a seam so that both
+/// are tested over [`fake::FakeNamespaces`] (feature `test-helpers`) without root.
+pub trait Namespaces: Send + Sync + 'static {
+    /// Where the namespace called `name` is (or would be) pinned.
+    fn path(&self, name: &str) -> PathBuf;
+    /// Creates (idempotently) the namespace called `name`; see [`create`].
+    fn create(&self, name: &str) -> Result<PathBuf>;
+    /// Removes the namespace pinned at `path`; see [`remove`].
+    fn remove(&self, path: &Path) -> Result<()>;
+    /// Every pinned namespace (see [`list`]).
+    fn list(&self) -> Result<Vec<PathBuf>>;
+}
+
+/// [`Namespaces`] on the host: bind mounts under `<run_dir>/netns`.
+#[derive(Debug, Clone)]
+pub struct HostNamespaces {
+    pub run_dir: PathBuf,
+}
+
+impl Namespaces for HostNamespaces {
+    fn path(&self, name: &str) -> PathBuf {
+        netns_dir(&self.run_dir).join(name)
+    }
+    fn create(&self, name: &str) -> Result<PathBuf> {
+        create(&self.run_dir, name)
+    }
+    fn remove(&self, path: &Path) -> Result<()> {
+        remove(path)
+    }
+    fn list(&self) -> Result<Vec<PathBuf>> {
+        list(&self.run_dir)
+    }
 }
 
 #[cfg(test)]

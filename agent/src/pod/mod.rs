@@ -117,6 +117,16 @@ pub struct Observed {
 }
 
 /// Backoff tuning (kubelet: 10 s doubling to 300 s, reset after 10 min of good running).
+///
+/// Two rules use it, as kubelet does with its two `flowcontrol.Backoff` instances:
+/// - start failures (image missing, bad config) wait [`Config::delay`]`(failures)`: the first retry
+///   already waits `backoff_base` (kubelet's image pull backoff calls `Next` on the first failure);
+/// - crash restarts wait [`Config::restart_delay`]: the first restart after an exit is immediate.
+///   Kubelet's `doBackOff` asks `IsInBackOffSince(key, finishedAt)`, which is false while the
+///   container has no backoff entry, then calls `Next`, which creates the entry at the base delay;
+///   only later exits find an entry (base, then doubling per exit up to the maximum). An entry
+///   expires when the exit came more than `2 × max` (= `backoff_reset`, 600 s) after the last
+///   restart, and the next restart is immediate again.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub backoff_base: Duration,
@@ -135,7 +145,8 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Delay before starting an instance with backoff `level` (0 = first start: none).
+    /// Delay after the `level`-th consecutive failure (0 = none yet: no delay): base, doubling,
+    /// capped at the maximum.
     pub fn delay(&self, level: u32) -> Duration {
         if level == 0 {
             return Duration::ZERO;
@@ -143,6 +154,13 @@ impl Config {
         let factor = 1u64.checked_shl(level.saturating_sub(1).min(30)).unwrap_or(u64::MAX);
         let d = self.backoff_base.saturating_mul(u32::try_from(factor).unwrap_or(u32::MAX));
         d.min(self.backoff_max)
+    }
+
+    /// Delay before starting the instance whose `backoff-level` label is `level` after a crash
+    /// (level n = the n-th consecutive quick exit): 0, base, 2 × base, … (kubelet's rule, see
+    /// the type docs).
+    pub fn restart_delay(&self, level: u32) -> Duration {
+        self.delay(level.saturating_sub(1))
     }
 }
 
@@ -272,11 +290,13 @@ impl Ctx<'_> {
             RunState::Exited { started_at, finished_at, .. } => (*started_at, *finished_at),
             _ => (None, None),
         };
-        let ran_long = matches!((started, finished), (Some(s), Some(f)) if f - s >= to_chrono(self.cfg.backoff_reset));
+        // Kubelet's expiry: the exit came more than 2 × max after the last restart.
+        let ran_long = matches!((started, finished), (Some(s), Some(f)) if f - s > to_chrono(self.cfg.backoff_reset));
         let level = if ran_long { 1 } else { prev.backoff_level + 1 };
-        let until = finished.unwrap_or(self.now) + to_chrono(self.cfg.delay(level));
+        let delay = self.cfg.restart_delay(level);
+        let until = finished.unwrap_or(self.now) + to_chrono(delay);
         if self.now < until {
-            let secs = self.cfg.delay(level).as_secs_f64();
+            let secs = delay.as_secs_f64();
             self.d.waiting.insert(
                 prev.name.clone(),
                 ("CrashLoopBackOff".into(), format!("back-off {secs:.0}s restarting failed container={}", prev.name)),

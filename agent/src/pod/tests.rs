@@ -71,15 +71,28 @@ fn ready_probes(names: &[&str]) -> BTreeMap<String, ProbeView> {
     names.iter().map(|n| (n.to_string(), ProbeView { started: true, ready: true, ..Default::default() })).collect()
 }
 
+/// The backoff table, pinned to kubelet (`kuberuntime` `doBackOff` over `flowcontrol.Backoff`,
+/// initial 10 s, max 300 s): start failures wait from the first failure on; crash restarts are
+/// immediate after the first exit, then 10 s, 20 s, … 300 s.
 #[test]
-fn backoff_doubles_and_caps() {
+fn backoff_table_matches_kubelet() {
     let c = cfg();
-    assert_eq!(c.delay(0), Duration::ZERO);
-    assert_eq!(c.delay(1), Duration::from_secs(10));
-    assert_eq!(c.delay(2), Duration::from_secs(20));
-    assert_eq!(c.delay(5), Duration::from_secs(160));
-    assert_eq!(c.delay(6), Duration::from_secs(300));
-    assert_eq!(c.delay(60), Duration::from_secs(300));
+    let s = Duration::from_secs;
+    // (consecutive failures or backoff level, start-failure delay, crash-restart delay)
+    let table = [
+        (0, s(0), s(0)),
+        (1, s(10), s(0)),
+        (2, s(20), s(10)),
+        (3, s(40), s(20)),
+        (4, s(80), s(40)),
+        (5, s(160), s(80)),
+        (6, s(300), s(160)),
+        (7, s(300), s(300)),
+        (60, s(300), s(300)),
+    ];
+    for (level, fail, crash) in table {
+        assert_eq!((c.delay(level), c.restart_delay(level)), (fail, crash), "level {level}");
+    }
 }
 
 #[test]
@@ -184,48 +197,71 @@ fn liveness_and_startup_failures_kill_the_container() {
     );
 }
 
+/// A container that exits quickly again and again: the waits between its exits and restarts,
+/// driven through `step` as the worker would (each restart is a new instance with the level
+/// `step` chose), are kubelet's 0, 10, 20, 40 s.
 #[test]
 fn crash_loop_backoff_gaps() {
     let (p, mut o) = running_pod();
-    // First exit: level 0 → the successor waits base (10 s).
-    o.containers[1].state = exited(1, 100);
     o.containers[1].backoff_level = 0;
-    let d = step(&p, false, &o, t(105), &cfg());
-    assert!(d.actions.is_empty());
-    assert_eq!(d.waiting["a"].0, "CrashLoopBackOff");
-    assert_eq!(d.wake_at, Some(t(110)));
+    let mut exit_at = 100;
+    let mut gaps = Vec::new();
+    let mut last = 1; // the latest instance of "a"
+    for attempt in 0..4u32 {
+        let level = o.containers[last].backoff_level;
+        o.containers[last].state = exited(1, exit_at);
+        // Find the first second at which step restarts the container.
+        let mut now = exit_at;
+        let (next_level, d) = loop {
+            let d = step(&p, false, &o, t(now), &cfg());
+            if let Some(Action::StartContainer { attempt: a, backoff_level, .. }) =
+                d.actions.iter().find(|a| matches!(a, Action::StartContainer { name, .. } if name == "a"))
+            {
+                assert_eq!(*a, attempt + 1);
+                break (*backoff_level, d);
+            }
+            assert_eq!(d.waiting["a"].0, "CrashLoopBackOff");
+            assert!(d.wake_at.is_some_and(|w| w > t(now)), "a backoff must say when it ends");
+            now += 1;
+            assert!(now < exit_at + 1000, "never restarted");
+        };
+        assert_eq!(next_level, level + 1);
+        assert_eq!(d.waiting["a"].0, "ContainerCreating");
+        gaps.push(now - exit_at);
+        let mut next = cont(&p, "a", Kind::App, attempt + 1, running());
+        next.backoff_level = next_level;
+        o.containers.push(next);
+        last = o.containers.len() - 1;
+        exit_at = now + 1;
+    }
+    assert_eq!(gaps, vec![0, 10, 20, 40]);
+    // While backing off, status says CrashLoopBackOff and keeps the last termination.
+    o.containers[last].state = exited(1, exit_at);
+    let d = step(&p, false, &o, t(exit_at + 1), &cfg());
     let st = status(&p, &o, &d, "h", t(0));
     let cs = &st.container_statuses.unwrap()[0];
     assert_eq!(cs.state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(), Some("CrashLoopBackOff"));
     assert_eq!(cs.last_state.as_ref().unwrap().terminated.as_ref().unwrap().exit_code, 1);
     assert_eq!(cs.last_state.as_ref().unwrap().terminated.as_ref().unwrap().reason.as_deref(), Some("Error"));
-    let d = step(&p, false, &o, t(110), &cfg());
-    assert_eq!(
-        d.actions,
-        vec![Action::StartContainer { name: "a".into(), kind: Kind::App, attempt: 1, backoff_level: 1 }]
-    );
-
-    // Second instance crashes quickly too: 20 s.
-    let mut c1 = cont(&p, "a", Kind::App, 1, exited(1, 111));
-    c1.backoff_level = 1;
-    o.containers.push(c1);
-    let d = step(&p, false, &o, t(112), &cfg());
-    assert_eq!(d.wake_at, Some(t(131)));
-    let d = step(&p, false, &o, t(131), &cfg());
-    assert_eq!(
-        d.actions,
-        vec![Action::StartContainer { name: "a".into(), kind: Kind::App, attempt: 2, backoff_level: 2 }]
-    );
 }
 
 #[test]
 fn backoff_resets_after_a_long_run() {
     let (p, mut o) = running_pod();
     o.containers[1].backoff_level = 5;
+    // Exactly 2 × max after the start: still backing off (kubelet's expiry is strictly later).
+    o.containers[1].state =
+        RunState::Exited { exit_code: 1, reason: None, started_at: Some(t(0)), finished_at: Some(t(600)) };
+    let d = step(&p, false, &o, t(600), &cfg());
+    assert_eq!(d.wake_at, Some(t(760)), "level 6 waits 160 s");
+    // Longer: the entry expired, the restart is immediate and the level starts again.
     o.containers[1].state =
         RunState::Exited { exit_code: 1, reason: None, started_at: Some(t(0)), finished_at: Some(t(700)) };
     let d = step(&p, false, &o, t(700), &cfg());
-    assert_eq!(d.wake_at, Some(t(710)), "reset to the base delay after 10 min of running");
+    assert_eq!(
+        d.actions,
+        vec![Action::StartContainer { name: "a".into(), kind: Kind::App, attempt: 1, backoff_level: 1 }]
+    );
 }
 
 #[test]

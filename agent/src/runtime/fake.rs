@@ -23,6 +23,7 @@ struct State {
     next_pid: u32,
     exec_results: BTreeMap<String, ExecResult>,
     subscribers: Vec<tokio::sync::mpsc::Sender<RuntimeEvent>>,
+    fail_creates: u32,
 }
 
 /// See the module docs.
@@ -60,6 +61,11 @@ impl FakeRuntime {
         for s in subs {
             let _ = s.try_send(RuntimeEvent::TaskExit { container_id: id.to_string(), exit_code: code });
         }
+    }
+
+    /// The next `n` container creates fail.
+    pub fn fail_creates(&self, n: u32) {
+        self.lock().fail_creates = n;
     }
 
     /// The result the next execs in container `id` return.
@@ -102,6 +108,13 @@ impl ContainerRuntime for FakeRuntime {
     async fn create_container(&self, spec: &ContainerSpec) -> Result<()> {
         let mut st = self.lock();
         st.calls.push(format!("create {}", spec.id));
+        if st.fail_creates > 0 {
+            st.fail_creates -= 1;
+            return Err(RuntimeError::Invalid {
+                what: format!("container {}", spec.id),
+                reason: "injected failure".into(),
+            });
+        }
         if !st.images.contains_key(&spec.image) {
             return Err(RuntimeError::ImageNotFound { image: spec.image.clone() });
         }

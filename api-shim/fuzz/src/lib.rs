@@ -1,8 +1,9 @@
-//! Fuzz harnesses for keelson-api-shim, shared by the targets in `fuzz_targets/`.
+//! Fuzz harnesses for keelson-apimachinery (the rules api-shim runs on every request body),
+//! shared by the targets in `fuzz_targets/`.
 //!
 //! Each harness takes raw fuzzer bytes, drives the functions the server calls on a request body
 //! (decode, schema check, defaults, validation, the three patch types, server-side apply field
-//! sets, selectors) and panics — a libFuzzer crash — on a panic inside api-shim or on a broken
+//! sets, selectors) and panics — a libFuzzer crash — on a panic inside keelson-apimachinery or on a broken
 //! invariant. The invariants are properties the server relies on, not restatements of the code:
 //! the stored object is a fixpoint of the schema check, defaulting is idempotent, merge patches
 //! are idempotent, an empty JSON patch is the identity, FieldsV1 round-trips, and results stay
@@ -13,12 +14,12 @@
 //! - `apply_patch`: `<current object JSON>\n%%%\n<patch document, JSON or YAML>`.
 //! - `selectors`: `<labelSelector>\n<fieldSelector>\n<object JSON>`.
 
-use keelson_api_shim::apply::fuzzing as fields;
-use keelson_api_shim::error::ApiError;
-use keelson_api_shim::objects::{self, FieldValidation};
-use keelson_api_shim::patch;
-use keelson_api_shim::resources::{RESOURCES, ResourceDef};
-use keelson_api_shim::selectors::{FieldSelector, LabelSelector, Requirement, labels_of};
+use keelson_apimachinery::apply::fuzzing as fields;
+use keelson_apimachinery::error::ApiError;
+use keelson_apimachinery::objects::{self, FieldValidation};
+use keelson_apimachinery::patch;
+use keelson_apimachinery::resources::{RESOURCES, ResourceDef};
+use keelson_apimachinery::selectors::{FieldSelector, LabelSelector, Requirement, labels_of};
 use serde_json::{Value, json};
 
 const MODES: [FieldValidation; 3] = [FieldValidation::Strict, FieldValidation::Warn, FieldValidation::Ignore];
@@ -242,7 +243,7 @@ pub fn apply_patch(data: &[u8]) {
                 continue;
             }
             let Ok((mut new, _)) = objects::check_schema(res.kind, new, FieldValidation::Ignore) else { continue };
-            keelson_api_shim::apply::record_update(old.as_ref(), &mut new, "fuzz", &res.api_version(), None);
+            keelson_apimachinery::apply::record_update(old.as_ref(), &mut new, "fuzz", &res.api_version(), None);
             // Only an object that validates is stored; its managedFields must name real fields.
             if objects::validate(res, &new, old.as_ref()).is_err() {
                 continue;

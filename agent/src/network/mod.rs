@@ -4,6 +4,9 @@
 //! the CNI caller, like libcni in containerd's CRI plugin. The trait keeps the executor testable
 //! with a fake and leaves room for host-network pods later.
 
+#[cfg(feature = "test-helpers")]
+pub mod fake;
+
 use async_trait::async_trait;
 use std::path::Path;
 

@@ -165,6 +165,9 @@ impl Store for WatchCache {
     async fn compacted_revision(&self) -> Result<i64, StoreError> {
         self.inner.compacted_revision().await
     }
+    fn health_name(&self) -> &'static str {
+        self.inner.health_name()
+    }
     async fn compact(&self, keep: i64) -> Result<i64, StoreError> {
         self.inner.compact(keep).await
     }
@@ -202,8 +205,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::store::EventKind;
-    use crate::store::sqlite::{SqliteStore, SyncMode};
+    use crate::storage::EventKind;
+    use crate::storage::sqlite::{SqliteStore, SyncMode};
 
     fn cache(window: usize) -> (tempfile::TempDir, Arc<dyn Store>, Arc<WatchCache>) {
         let d = tempfile::tempdir().unwrap();

@@ -196,6 +196,10 @@ impl Store for EtcdStore {
         Ok(self.compacted.load(Ordering::Relaxed))
     }
 
+    fn health_name(&self) -> &'static str {
+        "etcd"
+    }
+
     async fn watch(&self, prefix: &str, after: i64) -> Result<mpsc::Receiver<Arc<Event>>, StoreError> {
         // etcd reports a compacted start revision only after the watch was created; a read at
         // `after` fails fast instead (revision `after` stays readable iff events above it are kept).

@@ -1,4 +1,4 @@
-//! RBAC around the pure core in [`crate::authz`]: the informer-style policy cache, validation and
+//! RBAC around the pure core in [`authz`]: the informer-style policy cache, validation and
 //! defaulting of roles and bindings, privilege-escalation admission, the bootstrap policy and the
 //! access-review APIs.
 //!
@@ -6,17 +6,18 @@
 //! per request), so it works the same for the embedded store and etcd, sees writes made by other
 //! apiservers sharing one etcd, and rebuilds itself after a restart or a 410 Gone by listing again.
 
+pub mod authz;
+
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::api::{Api, ListOpts, WatchOpts, WriteOpts};
-use crate::authz::{self, Attributes, Binding, Decision, MASTERS, Policy, RBAC_GROUP, Rule};
+use self::authz::{Attributes, Binding, Decision, MASTERS, Policy, RBAC_GROUP, Rule, UserInfo};
 use crate::error::{ApiError, Cause};
 use crate::objects::FieldValidation;
+use crate::registry::{Api, ListOpts, WatchOpts, WriteOpts};
 use crate::resources::{self, ResourceDef};
-use crate::tls::UserInfo;
 
 /// The four RBAC resources the cache follows.
 const KINDS: [&str; 4] = ["clusterroles", "roles", "clusterrolebindings", "rolebindings"];
@@ -761,15 +762,19 @@ mod tests {
         }
         let user = |name: &str| (name.to_string(), vec![authz::AUTHENTICATED.to_string()]);
         let (n, g) = user("alice");
-        let can = |verb: &str, path: &str| {
-            let q = Default::default();
-            let mut at = authz::request_attributes(&n, &g, "GET", path, &q);
-            at.verb = verb.into();
-            a.authorize(&at).allowed
+        let can = |at: Attributes| a.authorize(&Attributes { user: n.clone(), groups: g.clone(), ..at }).allowed;
+        let url = |path: &str| Attributes { verb: "get".into(), path: path.into(), ..Default::default() };
+        assert!(can(url("/apis")));
+        assert!(can(url("/openapi/v3/api/v1")));
+        let list_pods = Attributes {
+            verb: "list".into(),
+            resource_request: true,
+            api_version: "v1".into(),
+            resource: "pods".into(),
+            namespace: "default".into(),
+            ..Default::default()
         };
-        assert!(can("get", "/apis"));
-        assert!(can("get", "/openapi/v3/api/v1"));
-        assert!(!can("list", "/api/v1/namespaces/default/pods"));
+        assert!(!can(list_pods));
         let view =
             authz::rules_of(&bootstrap_objects().into_iter().find(|(_, o)| o["metadata"]["name"] == "view").unwrap().1);
         let edit =

@@ -1,4 +1,4 @@
-//! The static pod source: a manifest directory (kubelet's `staticPodPath`).
+//! The file pod source: a manifest directory (kubelet's `staticPodPath`), as a [`PodSource`].
 //!
 //! The directory is re-read every poll interval (level-triggered: a missed notification cannot lose
 //! a pod, and editors that replace files are handled) and, in addition, as soon as inotify reports
@@ -6,11 +6,86 @@
 //! editor backups are ignored. Rejected documents are reported (logged once per content change,
 //! and listed by the status endpoint) without disturbing other pods.
 
+use super::{PodSet, PodSource};
 use crate::manifest::{self, ManifestError};
+use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Pod;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tracing::warn;
+
+/// The manifest directory as a pod source: re-read every `poll` and on inotify changes.
+pub struct FileSource {
+    dir: PathBuf,
+    node_name: String,
+    poll: Duration,
+    watcher: Option<DirWatcher>,
+    first: bool,
+    prev_errors: Vec<ManifestError>,
+    errors: Arc<Mutex<Vec<ManifestError>>>,
+}
+
+impl FileSource {
+    pub fn new(dir: &Path, node_name: &str, poll: Duration) -> Self {
+        let watcher = match DirWatcher::new(dir) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(dir = %dir.display(), error = %e, "no inotify on the manifest dir; polling only");
+                None
+            }
+        };
+        FileSource {
+            dir: dir.to_path_buf(),
+            node_name: node_name.to_string(),
+            poll,
+            watcher,
+            first: true,
+            prev_errors: Vec::new(),
+            errors: Arc::default(),
+        }
+    }
+
+    /// The manifests rejected by the last read (shown by the local endpoint).
+    pub fn errors(&self) -> Arc<Mutex<Vec<ManifestError>>> {
+        self.errors.clone()
+    }
+
+    async fn changed(&self) {
+        let inotify = async {
+            match &self.watcher {
+                Some(w) if w.changed().await.is_ok() => {}
+                _ => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(self.poll) => {}
+            _ = inotify => {}
+        }
+    }
+}
+
+#[async_trait]
+impl PodSource for FileSource {
+    fn name(&self) -> &'static str {
+        "file"
+    }
+
+    async fn next(&mut self) -> PodSet {
+        if !self.first {
+            self.changed().await;
+        }
+        self.first = false;
+        let snap = read_dir(&self.dir, &self.node_name);
+        report_new_errors(&self.prev_errors, &snap.errors);
+        if let Ok(mut e) = self.errors.lock() {
+            e.clone_from(&snap.errors);
+        }
+        self.prev_errors = snap.errors;
+        snap.pods
+    }
+}
 
 /// The result of reading the manifest directory once.
 #[derive(Debug, Clone, Default, PartialEq)]

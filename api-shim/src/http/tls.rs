@@ -20,6 +20,8 @@ use rcgen::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use rustls::server::WebPkiClientVerifier;
 
+pub use crate::registry::rbac::authz::UserInfo;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{path}: {source}")]
@@ -34,13 +36,6 @@ pub enum TlsError {
     Verifier(String),
     #[error("token file {path} line {line}: {message}")]
     TokenFile { path: PathBuf, line: usize, message: String },
-}
-
-/// An authenticated caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserInfo {
-    pub name: String,
-    pub groups: Vec<String>,
 }
 
 /// Paths of everything the PKI bootstrap writes.

@@ -119,6 +119,10 @@ pub trait Store: Send + Sync + 'static {
     async fn watch(&self, prefix: &str, after: i64) -> Result<mpsc::Receiver<Arc<Event>>, StoreError>;
     /// Drops history older than `keep` revisions before the current one.
     async fn compact(&self, keep: i64) -> Result<i64, StoreError>;
+    /// The name of the backend in health checks (`[+]etcd ok`, as kube-apiserver's).
+    fn health_name(&self) -> &'static str {
+        "storage"
+    }
 }
 
 /// The inclusive lower bound of a list page: just after `start_after` (a continue token's last

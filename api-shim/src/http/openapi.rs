@@ -23,7 +23,7 @@ use schemars::generate::{SchemaGenerator, SchemaSettings};
 use serde_json::{Map, Value, json};
 use sha2::Digest;
 
-use crate::discovery::SERVER_MINOR;
+use crate::http::discovery::SERVER_MINOR;
 use crate::kinds::{self, KindVisitor};
 use crate::patch::{ListStrategy, list_strategy};
 use crate::resources::{RESOURCES, ResourceDef};

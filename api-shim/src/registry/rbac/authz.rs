@@ -1,9 +1,8 @@
 //! RBAC authorization, modelled on kube-apiserver's RBAC authorizer (pure core, no I/O).
 //!
-//! A request becomes [`Attributes`] the way upstream's request-info parser sees it (verb from the
-//! HTTP method, `list`/`watch`/`deletecollection` for collections, `namespaces/<ns>` carrying the
-//! namespace, everything outside `/api/<v>/…` and `/apis/<g>/<v>/…` a non-resource path). A
-//! [`Policy`] (the roles and bindings, kept current by the cache in [`crate::rbac`]) allows the
+//! A request arrives as [`Attributes`] (user, groups, verb, group, resource, namespace, name, or a
+//! non-resource path), derived from its URL by the HTTP layer's request-info parser. A
+//! [`Policy`] (the roles and bindings, kept current by the cache in [`super`]) allows the
 //! request when a ClusterRoleBinding, or a RoleBinding in the request's namespace, names the user,
 //! one of its groups or its service account and points at a role with a matching rule. Nothing is
 //! ever denied explicitly: no matching rule means Forbidden. Members of `system:masters` are
@@ -27,6 +26,13 @@ pub const ANONYMOUS: &str = "system:anonymous";
 pub const UNAUTHENTICATED: &str = "system:unauthenticated";
 /// The API group of roles and bindings.
 pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserInfo {
+    pub name: String,
+    pub groups: Vec<String>,
+}
 
 /// What a request wants to do, as the authorizer sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -114,89 +120,6 @@ pub fn implied_groups(user: &str, groups: &mut Vec<String>) {
         add(format!("system:serviceaccounts:{ns}"));
     }
     add(AUTHENTICATED.into());
-}
-
-/// The object name a `fieldSelector` pins with `metadata.name=<x>` (or `==`), if any.
-fn selector_name(selector: &str) -> Option<String> {
-    selector.split(',').find_map(|term| {
-        let (k, v) = term.split_once("==").or_else(|| term.split_once('='))?;
-        (k.trim() == "metadata.name" && !k.ends_with('!') && !v.is_empty() && !v.contains('/'))
-            .then(|| v.trim().to_string())
-    })
-}
-
-/// Maps an HTTP request onto authorizer attributes, as upstream's request-info factory does.
-pub fn request_attributes(
-    user: &str,
-    groups: &[String],
-    method: &str,
-    path: &str,
-    query: &HashMap<String, String>,
-) -> Attributes {
-    let mut a = Attributes {
-        user: user.to_string(),
-        groups: groups.to_vec(),
-        verb: method.to_ascii_lowercase(),
-        path: path.to_string(),
-        ..Default::default()
-    };
-    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let rest: &[&str] = match segs.as_slice() {
-        ["api", version, rest @ ..] if !rest.is_empty() => {
-            a.api_version = (*version).into();
-            rest
-        }
-        ["apis", group, version, rest @ ..] if !rest.is_empty() => {
-            a.api_group = (*group).into();
-            a.api_version = (*version).into();
-            rest
-        }
-        _ => return a,
-    };
-    a.resource_request = true;
-    let mut parts = rest;
-    if parts.first() == Some(&"watch") && parts.len() >= 2 {
-        a.verb = "watch".into();
-        parts = &parts[1..];
-    } else {
-        a.verb = match method {
-            "POST" => "create",
-            "GET" | "HEAD" => "get",
-            "PUT" => "update",
-            "PATCH" => "patch",
-            "DELETE" => "delete",
-            _ => "",
-        }
-        .into();
-    }
-    if parts.first() == Some(&"namespaces")
-        && let Some(ns) = parts.get(1)
-    {
-        a.namespace = (*ns).into();
-        if parts.len() > 2 && !matches!(parts[2], "status" | "finalize") {
-            parts = &parts[2..];
-        }
-    }
-    if let Some(r) = parts.first() {
-        a.resource = (*r).into();
-    }
-    if let Some(n) = parts.get(1) {
-        a.name = (*n).into();
-    }
-    if let Some(s) = parts.get(2) {
-        a.subresource = (*s).into();
-    }
-    if a.name.is_empty() && a.verb == "get" {
-        let watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
-        a.verb = if watch { "watch" } else { "list" }.into();
-        if let Some(n) = query.get("fieldSelector").and_then(|s| selector_name(s)) {
-            a.name = n;
-        }
-    }
-    if a.name.is_empty() && a.verb == "delete" {
-        a.verb = "deletecollection".into();
-    }
-    a
 }
 
 /// One RBAC rule (a `PolicyRule` with absent lists as empty).
@@ -529,9 +452,25 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn attrs(method: &str, path: &str, query: &[(&str, &str)]) -> Attributes {
-        let q = query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        request_attributes("alice", &["g".into()], method, path, &q)
+    /// A resource request as the HTTP layer's request-info parser describes it.
+    fn res_attrs(user: &str, groups: &[&str], verb: &str, ns: &str, resource: &str, name: &str) -> Attributes {
+        let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
+        Attributes {
+            user: user.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            verb: verb.into(),
+            resource_request: true,
+            api_version: "v1".into(),
+            resource: resource.into(),
+            subresource: subresource.into(),
+            namespace: ns.into(),
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    fn url_attrs(verb: &str, path: &str) -> Attributes {
+        Attributes { user: "alice".into(), verb: verb.into(), path: path.into(), ..Default::default() }
     }
 
     fn rule(verbs: &[&str], groups: &[&str], resources: &[&str], names: &[&str]) -> Rule {
@@ -551,51 +490,20 @@ mod tests {
     }
 
     #[test]
-    fn attributes_follow_upstream_request_info() {
-        let a = attrs("GET", "/api/v1/namespaces/default/pods", &[]);
-        assert_eq!((a.verb.as_str(), a.resource.as_str(), a.namespace.as_str()), ("list", "pods", "default"));
-        assert!(a.resource_request && a.api_group.is_empty() && a.name.is_empty());
-        assert_eq!(attrs("GET", "/api/v1/namespaces/default/pods", &[("watch", "true")]).verb, "watch");
-        let w = attrs("GET", "/api/v1/watch/namespaces/default/pods/p1", &[]);
-        assert_eq!((w.verb.as_str(), w.name.as_str(), w.namespace.as_str()), ("watch", "p1", "default"));
-        let l = attrs("GET", "/api/v1/namespaces/default/pods/p1/log", &[]);
-        assert_eq!((l.verb.as_str(), l.name.as_str(), l.subresource.as_str()), ("get", "p1", "log"));
-        let d = attrs("POST", "/apis/apps/v1/namespaces/x/deployments", &[]);
-        assert_eq!((d.verb.as_str(), d.api_group.as_str(), d.api_version.as_str()), ("create", "apps", "v1"));
-        assert_eq!(attrs("PUT", "/api/v1/nodes/n1/status", &[]).subresource, "status");
-        assert_eq!(attrs("PATCH", "/api/v1/nodes/n1", &[]).verb, "patch");
-        assert_eq!(attrs("DELETE", "/api/v1/namespaces/a/pods/p", &[]).verb, "delete");
-        assert_eq!(attrs("DELETE", "/api/v1/namespaces/a/pods", &[]).verb, "deletecollection");
-        let sel = attrs("GET", "/api/v1/namespaces/a/pods", &[("fieldSelector", "metadata.name=p9")]);
-        assert_eq!((sel.verb.as_str(), sel.name.as_str()), ("list", "p9"));
-        // A namespace is its own namespace; its status is a subresource, not a resource.
-        let ns = attrs("GET", "/api/v1/namespaces/team", &[]);
-        assert_eq!((ns.resource.as_str(), ns.name.as_str(), ns.namespace.as_str()), ("namespaces", "team", "team"));
-        let nss = attrs("PUT", "/api/v1/namespaces/team/status", &[]);
-        assert_eq!((nss.resource.as_str(), nss.subresource.as_str()), ("namespaces", "status"));
-        assert_eq!(attrs("GET", "/api/v1/namespaces", &[]).verb, "list");
-        for p in ["/api", "/apis", "/api/v1", "/apis/apps/v1", "/version", "/openapi/v3", "/healthz"] {
-            let a = attrs("GET", p, &[]);
-            assert!(!a.resource_request, "{p}");
-            assert_eq!((a.verb.as_str(), a.path.as_str()), ("get", p));
-        }
-    }
-
-    #[test]
     fn rules_match_verbs_groups_resources_names_and_urls() {
-        let list_pods = attrs("GET", "/api/v1/namespaces/default/pods", &[]);
+        let list_pods = res_attrs("alice", &["g"], "list", "default", "pods", "");
         assert!(rule(&["list"], &[""], &["pods"], &[]).allows(&list_pods));
         assert!(rule(&["*"], &["*"], &["*"], &[]).allows(&list_pods));
         assert!(!rule(&["get"], &[""], &["pods"], &[]).allows(&list_pods));
         assert!(!rule(&["list"], &["apps"], &["pods"], &[]).allows(&list_pods));
         assert!(!rule(&["list"], &[""], &["pods"], &["p1"]).allows(&list_pods));
-        let log = attrs("GET", "/api/v1/namespaces/default/pods/p1/log", &[]);
+        let log = res_attrs("alice", &["g"], "get", "default", "pods/log", "p1");
         assert!(!rule(&["get"], &[""], &["pods"], &[]).allows(&log));
         assert!(rule(&["get"], &[""], &["pods/log"], &[]).allows(&log));
         assert!(rule(&["get"], &[""], &["*/log"], &[]).allows(&log));
         assert!(rule(&["get"], &[""], &["pods/log"], &["p1"]).allows(&log));
         assert!(!rule(&["get"], &[""], &["pods/log"], &["p2"]).allows(&log));
-        let version = attrs("GET", "/version", &[]);
+        let version = url_attrs("get", "/version");
         assert!(urls(&["get"], &["/version"]).allows(&version));
         assert!(urls(&["get"], &["/ver*"]).allows(&version));
         assert!(!urls(&["get"], &["/version/"]).allows(&version));
@@ -628,25 +536,23 @@ mod tests {
             ("dev".into(), "b3".into()),
             binding("dev", "b3", "ClusterRole", "view", &[("ServiceAccount", "sa", "")]),
         );
-        let q = HashMap::new();
-        let req = |user: &str, groups: &[&str], method: &str, path: &str| {
-            let g: Vec<String> = groups.iter().map(|s| s.to_string()).collect();
-            p.authorize(&request_attributes(user, &g, method, path, &q))
+        let req = |user: &str, groups: &[&str], verb: &str, ns: &str, resource: &str, name: &str| {
+            p.authorize(&res_attrs(user, groups, verb, ns, resource, name))
         };
-        let d = req("alice", &[], "GET", "/api/v1/namespaces/dev/pods");
+        let d = req("alice", &[], "list", "dev", "pods", "");
         assert!(d.allowed);
         assert_eq!(d.reason, "RBAC: allowed by RoleBinding \"b1/dev\" of ClusterRole \"view\" to User \"alice\"");
-        assert!(!req("alice", &[], "GET", "/api/v1/namespaces/prod/pods").allowed);
-        assert!(!req("alice", &[], "GET", "/api/v1/pods").allowed);
-        assert!(!req("alice", &[], "POST", "/api/v1/namespaces/dev/pods").allowed);
-        assert!(req("bob", &["devs"], "POST", "/api/v1/namespaces/dev/configmaps").allowed);
-        assert!(!req("bob", &["devs"], "POST", "/api/v1/namespaces/other/configmaps").allowed);
-        assert!(req("system:serviceaccount:dev:sa", &[], "GET", "/api/v1/namespaces/dev/pods").allowed);
-        assert!(!req("system:serviceaccount:other:sa", &[], "GET", "/api/v1/namespaces/dev/pods").allowed);
-        assert!(req("anyone", &[MASTERS], "DELETE", "/api/v1/nodes/n1").allowed);
+        assert!(!req("alice", &[], "list", "prod", "pods", "").allowed);
+        assert!(!req("alice", &[], "list", "", "pods", "").allowed);
+        assert!(!req("alice", &[], "create", "dev", "pods", "").allowed);
+        assert!(req("bob", &["devs"], "create", "dev", "configmaps", "").allowed);
+        assert!(!req("bob", &["devs"], "create", "other", "configmaps", "").allowed);
+        assert!(req("system:serviceaccount:dev:sa", &[], "list", "dev", "pods", "").allowed);
+        assert!(!req("system:serviceaccount:other:sa", &[], "list", "dev", "pods", "").allowed);
+        assert!(req("anyone", &[MASTERS], "delete", "", "nodes", "n1").allowed);
         // A cluster binding applies everywhere, including the cluster scope.
         p.cluster_bindings.insert("all".into(), binding("", "all", "ClusterRole", "view", &[("Group", "viewers", "")]));
-        assert!(p.authorize(&request_attributes("carol", &["viewers".into()], "GET", "/api/v1/pods", &q)).allowed);
+        assert!(p.authorize(&res_attrs("carol", &["viewers"], "list", "", "pods", "")).allowed);
         // A cluster binding cannot use a Role, and a missing role grants nothing.
         p.cluster_bindings.insert("bad".into(), binding("", "bad", "Role", "cm", &[("User", "dave", "")]));
         p.bindings
@@ -658,7 +564,7 @@ mod tests {
 
     #[test]
     fn forbidden_messages_match_upstream() {
-        let a = attrs("GET", "/api/v1/namespaces/default/pods", &[]);
+        let a = res_attrs("alice", &["g"], "list", "default", "pods", "");
         let e = a.forbidden();
         assert_eq!(
             e.to_string(),
@@ -667,18 +573,20 @@ mod tests {
         let s = e.to_status();
         assert_eq!((s["code"].as_u64(), s["reason"].as_str()), (Some(403), Some("Forbidden")));
         assert_eq!(s["details"], json!({"kind": "pods"}));
-        let n = attrs("DELETE", "/api/v1/nodes/n1", &[]).forbidden();
+        let n = res_attrs("alice", &["g"], "delete", "", "nodes", "n1").forbidden();
         assert_eq!(
             n.to_string(),
             "nodes \"n1\" is forbidden: User \"alice\" cannot delete resource \"nodes\" in API group \"\" at the cluster scope"
         );
-        let l = attrs("GET", "/apis/apps/v1/namespaces/x/deployments/d/scale", &[]).forbidden();
+        let l =
+            Attributes { api_group: "apps".into(), ..res_attrs("alice", &["g"], "get", "x", "deployments/scale", "d") }
+                .forbidden();
         assert_eq!(
             l.to_string(),
             "deployments.apps \"d\" is forbidden: User \"alice\" cannot get resource \"deployments/scale\" in API group \"apps\" in the namespace \"x\""
         );
         assert_eq!(l.to_status()["details"], json!({"kind": "deployments", "group": "apps", "name": "d"}));
-        let p = attrs("GET", "/metrics", &[]).forbidden();
+        let p = url_attrs("get", "/metrics").forbidden();
         assert_eq!(p.to_string(), "forbidden: User \"alice\" cannot get path \"/metrics\"");
     }
 

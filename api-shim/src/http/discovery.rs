@@ -1,6 +1,6 @@
 //! Discovery documents: /version, /api, /apis, group-version resource lists, aggregated
 //! discovery (apidiscovery.k8s.io v2 and v2beta1, chosen strictly by the Accept header, since
-//! kubectl 1.27–1.29 only understand v2beta1). OpenAPI documents live in [`crate::openapi`].
+//! kubectl 1.27–1.29 only understand v2beta1). OpenAPI documents live in [`crate::http::openapi`].
 
 use serde_json::{Value, json};
 
