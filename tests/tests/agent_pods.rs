@@ -498,3 +498,46 @@ fn bad_manifests_are_rejected_and_missing_images_back_off() {
     assert_eq!(node.pods().len(), 2, "only good and noimage are pods");
     assert!(node.agent_log().contains("rejected static pod manifest"));
 }
+
+/// Issue 16, item 5: the agent's sweep of unclaimed pod netns must never take the netns of a
+/// sandbox a worker is creating. The race seen was an agent restart right after new manifests
+/// appeared: the start-up sweep removed a new sandbox's netns just before its CNI ADD ("failed to
+/// open netns"), and the pod started 11 s later. Here the agent restarts with eight new manifests
+/// waiting and sweeps every second with a one-second grace, so sweeps overlap the sandbox
+/// creations; no sandbox may fail and no live netns may be swept. A netns that really is
+/// unclaimed (made by hand) must still be removed, which proves the sweep ran meanwhile.
+#[test]
+fn restart_with_new_manifests_sweeps_only_unclaimed_netns() {
+    let sweep = ["--gc-period", "1s", "--orphan-grace", "1s"];
+    let mut node = Node::start(&sweep).unwrap();
+    node.kill_agent();
+    let stray = keelson_agent::netns::create(&node.run_dir(), "0123456789abcdef0123456789abcdef").unwrap();
+    for i in 0..8 {
+        node.write_manifest(
+            &format!("n{i}.yaml"),
+            &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: n{i}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers: [{{name: app, image: keelson.local/busybox:latest, command: [sleep, '3600']}}]\n"
+            ),
+        )
+        .unwrap();
+    }
+    node.start_agent().unwrap();
+    for i in 0..8 {
+        node.wait_pod(&format!("n{i}"), "ready", T, ready);
+    }
+    let gone = keelson_tests::wait_for(Duration::from_secs(20), || (!stray.exists()).then_some(()));
+    assert!(gone.is_some(), "the unclaimed netns was never swept; agent log:\n{}", node.agent_log());
+    // Two more sweep periods with every pod running: nothing live may be taken.
+    std::thread::sleep(Duration::from_secs(3));
+    let events = node.events();
+    assert!(!events.contains("FailedCreatePodSandBox"), "a sandbox failed while sweeps ran: {events}");
+    let log = node.agent_log();
+    let swept = log.lines().filter(|l| l.contains("removing orphaned pod netns")).count();
+    assert_eq!(swept, 1, "only the stray netns is swept:\n{log}");
+    assert_eq!(node.netns_files().len(), 8, "one netns per pod: {:?}", node.netns_files());
+    for i in 0..8 {
+        let p = node.pod(&format!("n{i}")).unwrap();
+        assert!(ready(&p), "n{i} still ready");
+        assert_eq!(restarts(&p, "app"), 0);
+    }
+}
