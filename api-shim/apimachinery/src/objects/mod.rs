@@ -8,342 +8,19 @@
 
 use std::collections::BTreeSet;
 
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 use crate::error::{ApiError, Cause};
 use crate::resources::ResourceDef;
 
-/// Largest accepted request body (kube-apiserver's default is 3 MiB).
-pub const MAX_BODY: usize = 3 * 1024 * 1024;
+mod decode;
+mod defaults;
 
-/// How unknown fields are handled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FieldValidation {
-    Strict,
-    Warn,
-    Ignore,
-}
+pub use decode::*;
+pub use defaults::*;
 
-impl FieldValidation {
-    pub fn parse(s: Option<&str>) -> Result<Self, ApiError> {
-        match s {
-            None | Some("") | Some("Warn") => Ok(FieldValidation::Warn),
-            Some("Strict") => Ok(FieldValidation::Strict),
-            Some("Ignore") => Ok(FieldValidation::Ignore),
-            Some(other) => Err(ApiError::bad_request(format!(
-                "fieldValidation must be one of \"Ignore\", \"Warn\", or \"Strict\", got {other:?}"
-            ))),
-        }
-    }
-}
-
-/// Parses a JSON or YAML body per its Content-Type. Protobuf is transport and decoded by
-/// api-shim before it gets here; any other media type is refused.
-pub fn decode_body(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
-    let mime = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    match mime.as_str() {
-        "application/json"
-        | ""
-        | "application/merge-patch+json"
-        | "application/strategic-merge-patch+json"
-        | "application/json-patch+json" => {
-            serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding JSON body: {e}")))
-        }
-        "application/yaml" | "application/apply-patch+yaml" | "application/x-yaml" | "text/yaml" => decode_yaml(body),
-        other => Err(ApiError::UnsupportedMediaType {
-            accepted: format!(
-                "application/json, application/yaml (got {other:?}; protobuf is not supported by this server)"
-            ),
-        }),
-    }
-}
-
-/// [`decode_body`] for objects being written: a JSON key given twice is an error under
-/// `Strict` (400 `strict decoding error: duplicate field "a.b"`, as upstream) and a warning under
-/// `Warn`; returns the object and the warnings.
-pub fn decode_object(content_type: &str, body: &[u8], fv: FieldValidation) -> Result<(Value, Vec<String>), ApiError> {
-    let mime = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    if !matches!(mime.as_str(), "application/json" | "") {
-        return decode_body(content_type, body).map(|v| (v, Vec::new()));
-    }
-    let (v, dups) = crate::strict::from_slice_with_duplicates(body)
-        .map_err(|e| ApiError::bad_request(format!("error decoding JSON body: {e}")))?;
-    let msgs: Vec<String> = dups.iter().map(|d| format!("duplicate field \"{d}\"")).collect();
-    match fv {
-        FieldValidation::Strict if !msgs.is_empty() => {
-            Err(ApiError::bad_request(format!("strict decoding error: {}", msgs.join(", "))))
-        }
-        FieldValidation::Warn => Ok((v, msgs)),
-        _ => Ok((v, Vec::new())),
-    }
-}
-
-fn decode_yaml(body: &[u8]) -> Result<Value, ApiError> {
-    // serde_yaml bounds recursion depth and alias expansion ("repetition limit"), so alias bombs
-    // and deep nesting fail fast instead of exhausting memory.
-    let v: serde_yaml::Value =
-        serde_yaml::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML body: {e}")))?;
-    let json = serde_json::to_value(v).map_err(|e| ApiError::bad_request(format!("YAML is not valid JSON: {e}")))?;
-    Ok(json)
-}
-
-/// Numbers where the schema wants a quantity string (YAML `cpu: 1`) become strings.
-fn normalize_quantities(v: &mut Value, under_quantity_map: bool) {
-    match v {
-        Value::Object(m) => {
-            for (k, child) in m.iter_mut() {
-                let qmap = is_quantity_map(k);
-                if (under_quantity_map || k == "sizeLimit") && child.is_number() {
-                    *child = Value::String(child.to_string());
-                } else {
-                    normalize_quantities(child, qmap);
-                }
-            }
-        }
-        Value::Array(a) => a.iter_mut().for_each(|c| normalize_quantities(c, false)),
-        _ => {}
-    }
-}
-
-/// Deserializes into the kind's Rust type and serializes back (see [`crate::kinds`]).
-struct RoundTrip(Value);
-
-impl crate::kinds::KindVisitor for RoundTrip {
-    type Output = Result<Value, String>;
-    fn visit<T>(self) -> Self::Output
-    where
-        T: serde::Serialize + serde::de::DeserializeOwned + schemars::JsonSchema,
-    {
-        let typed: T = serde_json::from_value(self.0).map_err(|e| e.to_string())?;
-        serde_json::to_value(&typed).map_err(|e| e.to_string())
-    }
-}
-
-fn roundtrip(kind: &str, v: Value) -> Result<Value, String> {
-    crate::kinds::visit(kind, RoundTrip(v)).unwrap_or_else(|| Err(format!("no schema for kind {kind:?}")))
-}
-
-/// Paths present in `input` but not in `output` (unknown fields), as `a.b[0].c`.
-fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<String>) {
-    match (input, output) {
-        (Value::Object(i), Value::Object(o)) => {
-            for (k, iv) in i {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
-                match o.get(k) {
-                    Some(ov) => unknown_fields(iv, ov, &p, out),
-                    None if iv.is_null() => {}
-                    None => out.push(p),
-                }
-            }
-        }
-        (Value::Array(i), Value::Array(o)) => {
-            for (n, (iv, ov)) in i.iter().zip(o.iter()).enumerate() {
-                unknown_fields(iv, ov, &format!("{path}[{n}]"), out);
-            }
-        }
-        _ => {}
-    }
-}
-
-/// Decodes `obj` as `kind`: returns the object as the schema has it (unknown fields dropped,
-/// quantities canonical) and the paths of the unknown fields (`spec.containers[0].imagePullPolicyy`),
-/// or the type error. The agent's static-pod decoding and [`check_schema`] share it.
-pub fn prune_unknown(kind: &str, mut obj: Value) -> Result<(Value, Vec<String>), String> {
-    normalize_quantities(&mut obj, false);
-    let mut out = roundtrip(kind, obj.clone())?;
-    let mut unknown = Vec::new();
-    unknown_fields(&obj, &out, "", &mut unknown);
-    canonicalize_quantities(&mut out, false);
-    Ok((out, unknown))
-}
-
-/// Checks `obj` against the schema of `kind`; returns the pruned object and warnings.
-pub fn check_schema(kind: &str, obj: Value, fv: FieldValidation) -> Result<(Value, Vec<String>), ApiError> {
-    let (out, unknown) =
-        prune_unknown(kind, obj).map_err(|e| ApiError::bad_request(format!("error decoding {kind}: {e}")))?;
-    let mut warnings = Vec::new();
-    if !unknown.is_empty() {
-        match fv {
-            FieldValidation::Strict => {
-                let msgs: Vec<String> = unknown.iter().map(|u| format!("unknown field \"{u}\"")).collect();
-                return Err(ApiError::bad_request(format!("strict decoding error: {}", msgs.join(", "))));
-            }
-            FieldValidation::Warn => warnings.extend(unknown.iter().map(|u| format!("unknown field \"{u}\""))),
-            FieldValidation::Ignore => {}
-        }
-    }
-    Ok((out, warnings))
-}
-
-fn str_at<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
+pub(crate) fn str_at<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
     v.pointer(ptr).and_then(Value::as_str)
-}
-
-fn set_default(obj: &mut Value, ptr: &str, val: Value) {
-    if obj.pointer(ptr).is_some_and(|v| !v.is_null()) {
-        return;
-    }
-    let mut cur = obj;
-    let toks: Vec<&str> = ptr.trim_start_matches('/').split('/').collect();
-    for (i, t) in toks.iter().enumerate() {
-        let Value::Object(m) = cur else { return };
-        if i + 1 == toks.len() {
-            m.insert((*t).to_string(), val);
-            return;
-        }
-        cur = m.entry((*t).to_string()).or_insert_with(|| Value::Object(Map::new()));
-    }
-}
-
-fn default_containers(spec: &mut Value, key: &str) {
-    if let Some(Value::Array(cs)) = spec.get_mut(key) {
-        for c in cs {
-            let image = c.get("image").and_then(Value::as_str).unwrap_or_default().to_string();
-            let last = image.rsplit('/').next().unwrap_or_default();
-            let pinned = image.contains('@') || (last.contains(':') && !last.ends_with(":latest"));
-            set_default(c, "/imagePullPolicy", json!(if pinned { "IfNotPresent" } else { "Always" }));
-            set_default(c, "/terminationMessagePath", json!("/dev/termination-log"));
-            set_default(c, "/terminationMessagePolicy", json!("File"));
-            set_default(c, "/resources", json!({}));
-            if let Some(Value::Array(ports)) = c.get_mut("ports") {
-                for p in ports {
-                    set_default(p, "/protocol", json!("TCP"));
-                }
-            }
-        }
-    }
-}
-
-/// Pod spec defaults (also applied to templates).
-pub fn default_pod_spec(spec: &mut Value) {
-    set_default(spec, "/restartPolicy", json!("Always"));
-    set_default(spec, "/dnsPolicy", json!("ClusterFirst"));
-    set_default(spec, "/schedulerName", json!("default-scheduler"));
-    set_default(spec, "/terminationGracePeriodSeconds", json!(30));
-    set_default(spec, "/securityContext", json!({}));
-    set_default(spec, "/enableServiceLinks", json!(true));
-    default_containers(spec, "containers");
-    default_containers(spec, "initContainers");
-}
-
-/// Applies create-time defaults for `res`.
-pub fn apply_defaults(res: &ResourceDef, obj: &mut Value) {
-    match res.kind {
-        "Pod" => {
-            if let Some(spec) = obj.get_mut("spec") {
-                default_pod_spec(spec);
-                set_default(spec, "/serviceAccountName", json!("default"));
-                let sa = spec.get("serviceAccountName").cloned().unwrap_or(json!("default"));
-                set_default(spec, "/serviceAccount", sa);
-                set_default(spec, "/priority", json!(0));
-            }
-            set_default(obj, "/status/phase", json!("Pending"));
-            let qos = pod_qos(obj);
-            set_default(obj, "/status/qosClass", json!(qos));
-        }
-        "Deployment" => {
-            set_default(obj, "/spec/replicas", json!(1));
-            set_default(obj, "/spec/strategy/type", json!("RollingUpdate"));
-            if str_at(obj, "/spec/strategy/type") == Some("RollingUpdate") {
-                set_default(obj, "/spec/strategy/rollingUpdate/maxUnavailable", json!("25%"));
-                set_default(obj, "/spec/strategy/rollingUpdate/maxSurge", json!("25%"));
-            }
-            set_default(obj, "/spec/revisionHistoryLimit", json!(10));
-            set_default(obj, "/spec/progressDeadlineSeconds", json!(600));
-            template_defaults(obj);
-        }
-        "ReplicaSet" | "ReplicationController" => {
-            set_default(obj, "/spec/replicas", json!(1));
-            if res.kind == "ReplicationController" {
-                // An RC without selector selects its template labels.
-                if obj.pointer("/spec/selector").is_none()
-                    && let Some(l) = obj.pointer("/spec/template/metadata/labels").cloned()
-                {
-                    set_default(obj, "/spec/selector", l);
-                }
-            }
-            template_defaults(obj);
-        }
-        "StatefulSet" => {
-            set_default(obj, "/spec/replicas", json!(1));
-            set_default(obj, "/spec/podManagementPolicy", json!("OrderedReady"));
-            set_default(
-                obj,
-                "/spec/updateStrategy",
-                json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
-            );
-            set_default(obj, "/spec/revisionHistoryLimit", json!(10));
-            template_defaults(obj);
-        }
-        "DaemonSet" => {
-            set_default(
-                obj,
-                "/spec/updateStrategy",
-                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
-            );
-            set_default(obj, "/spec/revisionHistoryLimit", json!(10));
-            template_defaults(obj);
-        }
-        "Job" => {
-            set_default(obj, "/spec/parallelism", json!(1));
-            set_default(obj, "/spec/completions", json!(1));
-            set_default(obj, "/spec/backoffLimit", json!(6));
-            set_default(obj, "/spec/completionMode", json!("NonIndexed"));
-            set_default(obj, "/spec/suspend", json!(false));
-            template_defaults(obj);
-        }
-        "CronJob" => {
-            set_default(obj, "/spec/concurrencyPolicy", json!("Allow"));
-            set_default(obj, "/spec/suspend", json!(false));
-            set_default(obj, "/spec/successfulJobsHistoryLimit", json!(3));
-            set_default(obj, "/spec/failedJobsHistoryLimit", json!(1));
-            if let Some(spec) = obj.pointer_mut("/spec/jobTemplate/spec/template/spec") {
-                default_pod_spec(spec);
-            }
-        }
-        "Service" => {
-            set_default(obj, "/spec/type", json!("ClusterIP"));
-            set_default(obj, "/spec/sessionAffinity", json!("None"));
-            let ty = str_at(obj, "/spec/type").unwrap_or("ClusterIP").to_string();
-            if ty != "ExternalName" {
-                set_default(obj, "/spec/ipFamilies", json!(["IPv4"]));
-                set_default(obj, "/spec/ipFamilyPolicy", json!("SingleStack"));
-                set_default(obj, "/spec/internalTrafficPolicy", json!("Cluster"));
-            }
-            if ty == "NodePort" || ty == "LoadBalancer" {
-                set_default(obj, "/spec/externalTrafficPolicy", json!("Cluster"));
-            }
-            if let Some(Value::Array(ports)) = obj.pointer_mut("/spec/ports") {
-                for p in ports {
-                    set_default(p, "/protocol", json!("TCP"));
-                    if let Some(port) = p.get("port").cloned() {
-                        set_default(p, "/targetPort", port);
-                    }
-                }
-            }
-            set_default(obj, "/status/loadBalancer", json!({}));
-        }
-        "Namespace" => {
-            set_default(obj, "/spec/finalizers", json!(["kubernetes"]));
-            set_default(obj, "/status/phase", json!("Active"));
-            if let Some(name) = str_at(obj, "/metadata/name").map(str::to_string)
-                && let Some(Value::Object(m)) = obj.get_mut("metadata")
-            {
-                let labels = m.entry("labels").or_insert_with(|| json!({}));
-                if let Value::Object(l) = labels {
-                    l.insert("kubernetes.io/metadata.name".into(), json!(name));
-                }
-            }
-        }
-        "Secret" => set_default(obj, "/type", json!("Opaque")),
-        _ => {}
-    }
-}
-
-fn template_defaults(obj: &mut Value) {
-    if let Some(spec) = obj.pointer_mut("/spec/template/spec") {
-        default_pod_spec(spec);
-    }
 }
 
 /// Pod QoS class from container resources (see [`crate::qos`]).
@@ -397,13 +74,13 @@ pub fn is_quantity(s: &str) -> bool {
 
 /// Keys whose value is a map of resource name → quantity, wherever they appear (containers,
 /// pod overhead, node capacity, PVC requests, quota hard/used).
-fn is_quantity_map(key: &str) -> bool {
+pub(crate) fn is_quantity_map(key: &str) -> bool {
     matches!(key, "limits" | "requests" | "capacity" | "allocatable" | "hard" | "used" | "overhead")
 }
 
 /// Replaces every quantity the schema holds by its canonical form (`1.5` → `1500m`), as
 /// upstream's decode and re-encode does. Unparseable ones stay for validation to name.
-fn canonicalize_quantities(v: &mut Value, under_quantity_map: bool) {
+pub(crate) fn canonicalize_quantities(v: &mut Value, under_quantity_map: bool) {
     match v {
         Value::Object(m) => {
             for (k, child) in m.iter_mut() {
@@ -884,6 +561,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::resources::find;
+    use serde_json::json;
 
     #[test]
     fn schema_check_prunes_or_rejects_unknown_fields() {
