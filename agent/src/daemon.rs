@@ -11,6 +11,8 @@ use crate::events::EventRing;
 use crate::manifest::ManifestError;
 use crate::netns::HostNamespaces;
 use crate::network::CniNetwork;
+use crate::node::heartbeat::{Heartbeat, HeartbeatConfig};
+use crate::node::object::SystemInfo;
 use crate::node::{self, NodeFacts};
 use crate::podworker::{self, Manager, ManagerConfig, ManagerError, Seams};
 use crate::runtime::containerd::Containerd;
@@ -48,6 +50,12 @@ pub struct Config {
     pub pids_limit: Option<i64>,
     /// How often the orphan sweep runs (it also runs after the first sync).
     pub gc_period: Duration,
+    /// Join the API server this kubeconfig names (`None`: standalone, static pods only).
+    pub kubeconfig: Option<PathBuf>,
+    pub max_pods: u32,
+    pub node_status_update: Duration,
+    pub node_status_report: Duration,
+    pub node_lease_renew: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +75,8 @@ pub enum DaemonError {
     },
     #[error("log driver {0} not found (build keelson-logger or pass --logger)")]
     NoLogger(PathBuf),
+    #[error(transparent)]
+    Client(#[from] crate::apiserver::ClientError),
 }
 
 /// The forced resync period of the manager even when no source changed.
@@ -75,7 +85,7 @@ const FORCED_SYNC: Duration = Duration::from_secs(10);
 /// Runs the agent until SIGINT/SIGTERM. Like kubelet, stopping leaves pods running; a restarted
 /// agent adopts them.
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
-    let facts = node_facts(&cfg.node_name).await;
+    let facts = node_facts(&cfg.node_name, cfg.max_pods).await;
     let host_ip = cfg
         .node_ip
         .clone()
@@ -90,10 +100,33 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     })?;
     let runtime =
         Arc::new(Containerd::connect(&cfg.containerd_socket, &cfg.namespace, &cfg.run_dir.join("exec")).await?);
-    info!(runtime = %runtime.version().await?, "connected to the container runtime");
+    let runtime_version = runtime.version().await?;
+    info!(runtime = %runtime_version, "connected to the container runtime");
+    let images: Arc<Mutex<Vec<String>>> = Arc::default();
     if let Some(dir) = &cfg.image_dir {
-        import_images(runtime.clone(), dir).await?;
+        import_images(runtime.clone(), dir, images.clone()).await?;
     }
+    let client = match &cfg.kubeconfig {
+        Some(path) => Some(crate::apiserver::client(path).await?),
+        None => None,
+    };
+    let heartbeat = client.as_ref().map(|c| {
+        let facts = reported_facts(&cfg, facts.clone(), &host_ip);
+        let hb = Heartbeat::new(
+            c.clone(),
+            HeartbeatConfig {
+                node_name: cfg.node_name.clone(),
+                lease_renew: cfg.node_lease_renew,
+                status_update: cfg.node_status_update,
+                status_report: cfg.node_status_report,
+            },
+            facts,
+            SystemInfo::read(&runtime_version),
+            images.clone(),
+        );
+        tokio::spawn(hb.clone().run());
+        hb
+    });
     let cgroups = Arc::new(CgroupFs::detect(&cfg.cgroup_root).map_err(|e| DaemonError::Cgroups(e.to_string()))?);
     let network = Arc::new(CniNetwork { cni: cni::CniRuntime::new(cfg.cni.clone()), ifname: "eth0".into() });
     if !cfg.logger.exists() {
@@ -178,6 +211,13 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         }
     }
     info!("keelson-agent stopping (pods keep running)");
+    if let Some(hb) = heartbeat {
+        match tokio::time::timeout(Duration::from_secs(3), hb.report_stopping()).await {
+            Ok(Ok(())) => info!("node reported NotReady"),
+            Ok(Err(e)) => warn!(error = %e, "could not report the node NotReady"),
+            Err(_) => warn!("timed out reporting the node NotReady"),
+        }
+    }
     let _ = std::fs::remove_file(server::socket_path(&cfg.run_dir));
     Ok(())
 }
@@ -192,13 +232,13 @@ async fn sweep<R: ContainerRuntime>(manager: &Manager<R, CgroupFs, CniNetwork>) 
 
 /// Node facts through netlink on a dedicated thread (the netlink seam is blocking and runs its own
 /// event loop). `None` (with a warning) if the kernel would not say.
-async fn node_facts(hostname: &str) -> Option<NodeFacts> {
+async fn node_facts(hostname: &str, max_pods: u32) -> Option<NodeFacts> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let hostname = hostname.to_string();
     std::thread::spawn(move || {
         let r = keelson_cni::netlink::RtNetlink::current()
             .map_err(node::NodeError::from)
-            .and_then(|mut nl| node::gather(&mut nl, &hostname, node::DEFAULT_MAX_PODS));
+            .and_then(|mut nl| node::gather(&mut nl, &hostname, max_pods));
         let _ = tx.send(r);
     });
     match rx.await {
@@ -214,17 +254,40 @@ async fn node_facts(hostname: &str) -> Option<NodeFacts> {
     }
 }
 
+/// The facts the Node reports: gathered ones (or defaults if the kernel would not say), with
+/// `--node-ip` as the first InternalIP.
+fn reported_facts(cfg: &Config, facts: Option<NodeFacts>, host_ip: &str) -> NodeFacts {
+    let mut f = facts.unwrap_or_else(|| NodeFacts {
+        hostname: cfg.node_name.clone(),
+        addresses: Vec::new(),
+        cpus: std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX)),
+        memory_bytes: 8 << 30,
+        ephemeral_storage_bytes: 0,
+        max_pods: cfg.max_pods,
+    });
+    f.hostname.clone_from(&cfg.node_name);
+    if let Ok(ip) = host_ip.parse::<std::net::IpAddr>() {
+        f.addresses.retain(|a| *a != ip);
+        f.addresses.insert(0, ip);
+    }
+    f
+}
+
 /// Imports every `*.tar` in `dir`; archives that fail are retried in the background (doubling
 /// from 1 s to 1 min) until they succeed, so a transient containerd error does not leave pods in
 /// ErrImagePull for the agent's lifetime.
-async fn import_images<R: ContainerRuntime>(runtime: Arc<R>, dir: &Path) -> Result<(), DaemonError> {
+async fn import_images<R: ContainerRuntime>(
+    runtime: Arc<R>,
+    dir: &Path,
+    images: Arc<Mutex<Vec<String>>>,
+) -> Result<(), DaemonError> {
     let mut tars: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|source| DaemonError::Io { what: "read image dir", path: dir.to_path_buf(), source })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "tar"))
         .collect();
     tars.sort();
-    let failed = import_all(runtime.as_ref(), tars).await;
+    let failed = import_all(runtime.as_ref(), tars, &images).await;
     if !failed.is_empty() {
         tokio::spawn(async move {
             let mut left = failed;
@@ -232,7 +295,7 @@ async fn import_images<R: ContainerRuntime>(runtime: Arc<R>, dir: &Path) -> Resu
             while !left.is_empty() {
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(60));
-                left = import_all(runtime.as_ref(), left).await;
+                left = import_all(runtime.as_ref(), left, &images).await;
             }
         });
     }
@@ -240,11 +303,18 @@ async fn import_images<R: ContainerRuntime>(runtime: Arc<R>, dir: &Path) -> Resu
 }
 
 /// Imports `tars`, returning those that failed.
-async fn import_all<R: ContainerRuntime>(runtime: &R, tars: Vec<PathBuf>) -> Vec<PathBuf> {
+async fn import_all<R: ContainerRuntime>(runtime: &R, tars: Vec<PathBuf>, images: &Mutex<Vec<String>>) -> Vec<PathBuf> {
     let mut failed = Vec::new();
     for t in tars {
         match runtime.import_archive(&t).await {
-            Ok(names) => info!(archive = %t.display(), images = ?names, "imported"),
+            Ok(names) => {
+                info!(archive = %t.display(), images = ?names, "imported");
+                if let Ok(mut i) = images.lock() {
+                    i.extend(names);
+                    i.sort();
+                    i.dedup();
+                }
+            }
             Err(e) => {
                 warn!(archive = %t.display(), error = %e, "image import failed; will retry");
                 failed.push(t);

@@ -100,6 +100,22 @@ struct RunArgs {
     /// How often leftover netns, CNI attachments and pod cgroups are swept.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     gc_period: Duration,
+    /// Join the API server this kubeconfig names: register the Node, renew its Lease, run the
+    /// pods bound to it and report their status. Without it the agent runs static pods only.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Pods this node accepts (status.capacity.pods).
+    #[arg(long, default_value_t = keelson_agent::node::DEFAULT_MAX_PODS)]
+    max_pods: u32,
+    /// How often the Node status is computed and patched if it changed (kubelet's nodeStatusUpdateFrequency).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    node_status_update_frequency: Duration,
+    /// The Node status is patched at least this often even when unchanged.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    node_status_report_frequency: Duration,
+    /// How often the node Lease in kube-node-lease is renewed.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    node_lease_renew: Duration,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -185,6 +201,11 @@ fn config(a: RunArgs) -> anyhow::Result<daemon::Config> {
         orphan_grace: a.orphan_grace,
         pids_limit: Some(a.pods_pids_limit),
         gc_period: a.gc_period,
+        kubeconfig: a.kubeconfig,
+        max_pods: a.max_pods,
+        node_status_update: a.node_status_update_frequency,
+        node_status_report: a.node_status_report_frequency,
+        node_lease_renew: a.node_lease_renew,
     })
 }
 

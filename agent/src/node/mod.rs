@@ -3,7 +3,9 @@
 //! overlay use) and `/proc`, never by parsing the output of `ip`.
 //!
 //! Gathering is a thin shell ([`gather`]); choosing addresses and building the `NodeStatus` are
-//! pure and unit-tested. The next stage registers the Node and heartbeats its Lease from here.
+//! pure and unit-tested. When the agent joins an API server, [`object`] (pure) builds the Node
+//! object and its conditions from these facts and [`heartbeat`] registers the Node, renews its
+//! Lease and keeps its status current.
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus};
@@ -11,6 +13,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use keelson_cni::netlink::{LinkInfo, Netlink, NetlinkError};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+
+pub mod heartbeat;
+pub mod object;
 
 /// kubelet's default `maxPods`.
 pub const DEFAULT_MAX_PODS: u32 = 110;
@@ -31,6 +36,8 @@ pub struct NodeFacts {
     pub addresses: Vec<IpAddr>,
     pub cpus: u32,
     pub memory_bytes: u64,
+    /// Size of the root filesystem (kubelet's `ephemeral-storage` capacity).
+    pub ephemeral_storage_bytes: u64,
     pub max_pods: u32,
 }
 
@@ -48,6 +55,7 @@ impl NodeFacts {
         let capacity = BTreeMap::from([
             ("cpu".to_string(), Quantity(self.cpus.to_string())),
             ("memory".to_string(), Quantity(format!("{}Ki", self.memory_bytes / 1024))),
+            ("ephemeral-storage".to_string(), Quantity(format!("{}Ki", self.ephemeral_storage_bytes / 1024))),
             ("pods".to_string(), Quantity(self.max_pods.to_string())),
         ]);
         NodeStatus {
@@ -99,7 +107,16 @@ pub fn gather(nl: &mut impl Netlink, hostname: &str, max_pods: u32) -> Result<No
     let meminfo = std::fs::read_to_string("/proc/meminfo").map_err(|e| NodeError::Meminfo(e.to_string()))?;
     let memory_bytes = parse_meminfo(&meminfo).ok_or_else(|| NodeError::Meminfo("no MemTotal line".into()))?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
-    Ok(NodeFacts { hostname: hostname.to_string(), addresses: pick_addresses(&links), cpus, memory_bytes, max_pods })
+    let ephemeral_storage_bytes =
+        nix::sys::statvfs::statvfs("/").map_or(0, |s| s.blocks().saturating_mul(s.fragment_size()));
+    Ok(NodeFacts {
+        hostname: hostname.to_string(),
+        addresses: pick_addresses(&links),
+        cpus,
+        memory_bytes,
+        ephemeral_storage_bytes,
+        max_pods,
+    })
 }
 
 #[cfg(test)]
@@ -132,6 +149,7 @@ mod tests {
             addresses: vec!["10.0.0.1".parse().unwrap()],
             cpus: 2,
             memory_bytes: 4 << 30,
+            ephemeral_storage_bytes: 10 << 30,
             max_pods: DEFAULT_MAX_PODS,
         };
         assert_eq!(f.internal_ip().map(|a| a.to_string()).as_deref(), Some("10.0.0.1"));
@@ -140,6 +158,7 @@ mod tests {
         assert_eq!(cap["cpu"].0, "2");
         assert_eq!(cap["memory"].0, "4194304Ki");
         assert_eq!(cap["pods"].0, "110");
+        assert_eq!(cap["ephemeral-storage"].0, "10485760Ki");
         let addrs = st.addresses.unwrap();
         assert_eq!((addrs[0].type_.as_str(), addrs[1].type_.as_str()), ("InternalIP", "Hostname"));
     }
