@@ -1,13 +1,19 @@
 //! The node daemon's run loop, as a library: [`run`] wires the seams (containerd, cgroups, CNI,
 //! netns, status and event sinks), the pod sources and the manager, and supervises what must keep
-//! running: the local status endpoint is restarted if it dies, image archives that failed to
+//! running. With a kubeconfig the agent also joins the API server: the Node and its Lease
+//! ([`node::heartbeat`]), the pods bound to the node as a second source, node-side admission
+//! ([`crate::admit`]) before the manager sees a new API pod, and status and events sent to the API
+//! as well as to the local endpoint. Otherwise: the local status endpoint is restarted if it dies, image archives that failed to
 //! import are retried, the manager is resynced and the orphan sweep runs periodically.
 //!
 //! `main.rs` only turns flags into a [`Config`] and calls [`run`].
 
+use crate::admit::Admission;
 use crate::cgroups::CgroupFs;
 use crate::cni;
 use crate::events::EventRing;
+use crate::events::EventSink;
+use crate::events_api::ApiEvents;
 use crate::manifest::ManifestError;
 use crate::netns::HostNamespaces;
 use crate::network::CniNetwork;
@@ -18,8 +24,8 @@ use crate::podworker::{self, Manager, ManagerConfig, ManagerError, Seams};
 use crate::runtime::containerd::Containerd;
 use crate::runtime::{ContainerRuntime, RuntimeError};
 use crate::server::{self, StatusSource};
-use crate::source::{FileSource, Mux, PodSet, PodSource};
-use crate::status::LocalStatus;
+use crate::source::{ApiSource, FileSource, Mux, PodSet, PodSource};
+use crate::status::{ApiStatus, LocalStatus, StatusSink};
 use k8s_openapi::api::core::v1::Pod;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -156,13 +162,20 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     }
     let pods = Arc::new(LocalStatus::new());
     let events = Arc::new(EventRing::default());
+    let (status_sink, event_sink): (Arc<dyn StatusSink>, Arc<dyn EventSink>) = match &client {
+        Some(c) => (
+            Arc::new(Both(pods.clone(), ApiStatus::spawn(c.clone()))),
+            Arc::new(Both(events.clone(), ApiEvents::spawn(c.clone(), &cfg.node_name))),
+        ),
+        None => (pods.clone(), events.clone()),
+    };
     let seams = Seams {
         runtime,
         cgroups,
         network,
         netns: Arc::new(HostNamespaces { run_dir: cfg.run_dir.clone() }),
-        status: pods.clone(),
-        events: events.clone(),
+        status: status_sink.clone(),
+        events: event_sink.clone(),
     };
     let manager = Manager::new(seams, mcfg);
     manager.start().await?;
@@ -170,7 +183,11 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let file = FileSource::new(&cfg.manifest_dir, &cfg.node_name, cfg.manifest_poll);
     let status: Arc<dyn StatusSource> = Arc::new(Endpoint { pods, events, manifest_errors: file.errors() });
     tokio::spawn(serve_forever(cfg.run_dir.clone(), status));
-    let sources: Vec<Box<dyn PodSource>> = vec![Box::new(file)];
+    let mut sources: Vec<Box<dyn PodSource>> = vec![Box::new(file)];
+    if let Some(c) = &client {
+        sources.push(Box::new(ApiSource::spawn(c.clone(), &cfg.node_name)));
+    }
+    let mut admission = Admission::default();
     let mut mux = Mux::spawn(sources);
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -196,7 +213,19 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         }
         let Some(set) = &desired else { continue };
         if dirty || last_sync.elapsed() >= FORCED_SYNC {
-            match manager.sync(set.clone()).await {
+            let run = match heartbeat.as_ref().map(Heartbeat::node_view) {
+                // Admission needs the Node (labels, taints): until it is registered, wait.
+                Some(None) => continue,
+                Some(Some(view)) => {
+                    let (run, rejected) = admission.filter(set, &view);
+                    for (uid, pod) in rejected {
+                        report_rejected(status_sink.as_ref(), event_sink.as_ref(), &uid, &pod);
+                    }
+                    run
+                }
+                None => set.clone(),
+            };
+            match manager.sync(run).await {
                 Ok(()) => {
                     dirty = false;
                     last_sync = tokio::time::Instant::now();
@@ -220,6 +249,42 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     }
     let _ = std::fs::remove_file(server::socket_path(&cfg.run_dir));
     Ok(())
+}
+
+/// A pod the node refused: Failed with the admission reason, and a Warning event.
+fn report_rejected(status: &dyn StatusSink, events: &dyn EventSink, uid: &str, pod: &Pod) {
+    let st = pod.status.clone().unwrap_or_default();
+    let reason = st.reason.unwrap_or_default();
+    crate::events::emit(
+        events,
+        crate::events::WARNING,
+        &podworker::pod_key(pod),
+        uid,
+        &reason,
+        st.message.unwrap_or_default(),
+    );
+    status.set(uid, pod);
+}
+
+/// Both sinks: the local endpoint's and the API's.
+struct Both<A, B>(Arc<A>, B);
+
+impl<A: StatusSink, B: StatusSink> StatusSink for Both<A, B> {
+    fn set(&self, uid: &str, pod: &Pod) {
+        self.0.set(uid, pod);
+        self.1.set(uid, pod);
+    }
+    fn remove(&self, uid: &str) {
+        self.0.remove(uid);
+        self.1.remove(uid);
+    }
+}
+
+impl<A: EventSink, B: EventSink> EventSink for Both<A, B> {
+    fn record(&self, ev: crate::events::Event) {
+        self.0.record(ev.clone());
+        self.1.record(ev);
+    }
 }
 
 async fn sweep<R: ContainerRuntime>(manager: &Manager<R, CgroupFs, CniNetwork>) {

@@ -7,11 +7,13 @@
 //! publishing through [`status::StatusSink`] and [`events::EventSink`]. Each seam has a real
 //! implementation and a fake behind `test-helpers`.
 
+pub mod admit;
 pub mod apiserver;
 pub mod cgroups;
 pub mod cni;
 pub mod daemon;
 pub mod events;
+pub mod events_api;
 pub mod manifest;
 pub mod netns;
 pub mod network;

@@ -35,6 +35,14 @@ pub fn bin(name: &str) -> PathBuf {
 impl Node {
     /// Creates the node and starts its agent. `extra_args` go to `keelson-agent run`.
     pub fn start(extra_args: &[&str]) -> anyhow::Result<Node> {
+        let mut node = Node::create(extra_args)?;
+        node.start_agent()?;
+        Ok(node)
+    }
+
+    /// Creates the node (netns, containerd, directories, CNI config) without starting the agent:
+    /// for tests that must prepare more (e.g. an [`ApiBridge`]) before [`Node::start_agent`].
+    pub fn create(extra_args: &[&str]) -> anyhow::Result<Node> {
         crate::require_root();
         let netns = Netns::new("nd")?;
         netns.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
@@ -58,7 +66,7 @@ impl Node {
         });
         std::fs::write(d.join("cni/net.d/10-keelson.conflist"), serde_json::to_vec_pretty(&conflist)?)?;
         std::fs::write(d.join("resolv.conf"), "nameserver 192.0.2.53\nsearch example.test\n")?;
-        let mut node = Node {
+        let node = Node {
             netns,
             containerd,
             dir,
@@ -68,7 +76,6 @@ impl Node {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             agent: None,
         };
-        node.start_agent()?;
         Ok(node)
     }
 
@@ -137,6 +144,17 @@ impl Node {
 
     pub fn agent_pid(&self) -> Option<u32> {
         self.agent.as_ref().map(|c| c.id())
+    }
+
+    /// Stops the agent with SIGTERM (a clean stop; pods keep running) and waits for it to exit.
+    pub fn stop_agent(&mut self) {
+        if let Some(mut c) = self.agent.take() {
+            if let Ok(pid) = i32::try_from(c.id()) {
+                // SAFETY: signalling a child we started and still own (not yet reaped).
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+            let _ = c.wait();
+        }
     }
 
     /// SIGKILLs the agent (pods keep running).
@@ -392,6 +410,62 @@ fn collect_dirs(p: &Path, out: &mut Vec<PathBuf>) {
             if e.path().is_dir() {
                 collect_dirs(&e.path(), out);
             }
+        }
+    }
+}
+
+/// Makes an API server on the host's loopback reachable at the same `127.0.0.1:<port>` inside a
+/// node netns, so an agent there can use the server's own kubeconfig (and its certificate for
+/// 127.0.0.1) unchanged: one `socat` in the host netns listens on a unix socket in a temp dir and
+/// connects to the server; one in the node netns listens on the port and connects to that socket
+/// (a path is reachable from any netns). Both are stopped by PID on drop. Host routes, addresses
+/// and firewall rules are not touched.
+pub struct ApiBridge {
+    children: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl ApiBridge {
+    pub fn start(netns: &Netns, port: u16) -> anyhow::Result<ApiBridge> {
+        let dir = tempfile::Builder::new().prefix("kt-apibridge-").tempdir()?;
+        let sock = dir.path().join("api.sock");
+        let mut b = ApiBridge { children: Vec::new(), _dir: dir };
+        b.children.push(
+            Command::new("socat")
+                .arg(format!("UNIX-LISTEN:{},fork", sock.display()))
+                .arg(format!("TCP:127.0.0.1:{port}"))
+                .stdin(Stdio::null())
+                // "connection refused" while a test restarts the server is expected
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+        if crate::wait_for(Duration::from_secs(10), || sock.exists().then_some(())).is_none() {
+            anyhow::bail!("socat did not create {}", sock.display());
+        }
+        b.children.push(
+            Command::new("nsenter")
+                .arg(format!("--net={}", netns.path().display()))
+                .args(["--", "socat"])
+                .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"))
+                .arg(format!("UNIX-CONNECT:{}", sock.display()))
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+        let listening =
+            || netns.exec_ok(&["ss", "-ltnH", &format!("sport = :{port}")]).ok().filter(|o| !o.trim().is_empty());
+        if crate::wait_for(Duration::from_secs(10), listening).is_none() {
+            anyhow::bail!("socat did not listen on 127.0.0.1:{port} in the node netns");
+        }
+        Ok(b)
+    }
+}
+
+impl Drop for ApiBridge {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }

@@ -47,6 +47,8 @@ pub struct Heartbeat {
     images: Arc<Mutex<Vec<String>>>,
     /// The Node's uid once registered (for the Lease's owner reference).
     node_uid: Arc<Mutex<Option<String>>>,
+    /// The Node as the API last returned it (labels and taints for admission).
+    node: Arc<Mutex<Option<Node>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +77,25 @@ impl Heartbeat {
         info: SystemInfo,
         images: Arc<Mutex<Vec<String>>>,
     ) -> Self {
-        Heartbeat { client, cfg, facts, info, images, node_uid: Arc::default() }
+        Heartbeat { client, cfg, facts, info, images, node_uid: Arc::default(), node: Arc::default() }
+    }
+
+    fn keep(&self, node: Node) {
+        if let Ok(mut n) = self.node.lock() {
+            *n = Some(node);
+        }
+    }
+
+    /// What admission checks pods against: allocatable from the facts, labels and taints from the
+    /// Node in the API (as last seen). `None` until the Node is registered.
+    pub fn node_view(&self) -> Option<crate::admit::NodeView> {
+        let node = self.node.lock().ok().and_then(|n| n.clone())?;
+        Some(crate::admit::NodeView {
+            name: self.cfg.node_name.clone(),
+            allocatable: self.facts.node_status().allocatable.unwrap_or_default(),
+            labels: node.metadata.labels.unwrap_or_default(),
+            taints: node.spec.and_then(|s| s.taints).unwrap_or_default(),
+        })
     }
 
     fn nodes(&self) -> Api<Node> {
@@ -100,6 +120,7 @@ impl Heartbeat {
         if let Ok(mut u) = self.node_uid.lock() {
             *u = Some(uid.clone());
         }
+        self.keep(node);
         Ok(uid)
     }
 
@@ -232,10 +253,12 @@ impl Heartbeat {
 
     async fn patch_status(&self, st: &NodeStatus) -> Result<(), HeartbeatError> {
         let patch = serde_json::json!({ "status": st });
-        self.nodes()
+        let node = self
+            .nodes()
             .patch_status(&self.cfg.node_name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map_err(api("patch Node status"))?;
+        self.keep(node);
         debug!("node status patched");
         Ok(())
     }

@@ -198,7 +198,13 @@ pub fn pod_ref(p: &Pod) -> PodRef {
 }
 
 pub fn grace(pod: &Pod) -> Duration {
-    let s = pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30).max(0);
+    // A graceful delete's own period (`kubectl delete --grace-period`) overrides the spec's.
+    let s = pod
+        .metadata
+        .deletion_grace_period_seconds
+        .or_else(|| pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+        .unwrap_or(30)
+        .max(0);
     Duration::from_secs(s as u64)
 }
 

@@ -63,7 +63,8 @@ impl<R: ContainerRuntime, C: Cgroups + 'static, N: PodNetwork> Worker<R, C, N> {
         let mut teardown_retry = self.shared.cfg.teardown_retry;
         loop {
             let desired = self.rx.borrow_and_update().clone();
-            let terminating = desired.is_none();
+            // Deleted from the API (graceful deletion) or no longer wanted on this node.
+            let terminating = desired.as_ref().is_none_or(|p| p.metadata.deletion_timestamp.is_some());
             if let Some(p) = desired {
                 self.last_pod = p;
             }
@@ -86,6 +87,10 @@ impl<R: ContainerRuntime, C: Cgroups + 'static, N: PodNetwork> Worker<R, C, N> {
                         self.shared.status.remove(&self.uid);
                         self.shared.event("Normal", &pod, "Deleted", "pod torn down");
                         if self.rx.borrow().is_none() {
+                            return;
+                        }
+                        // Still desired while its deletion completes: wait for the API to drop it.
+                        if self.rx.changed().await.is_err() {
                             return;
                         }
                     }

@@ -13,6 +13,7 @@
 //! from (`kubernetes.io/config.source`), which is how static pods will be told apart for their
 //! mirror pods in the API.
 
+pub mod api;
 pub mod file;
 pub mod mux;
 
@@ -20,6 +21,7 @@ use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Pod;
 use std::collections::BTreeMap;
 
+pub use api::ApiSource;
 pub use file::FileSource;
 pub use mux::Mux;
 

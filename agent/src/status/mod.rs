@@ -2,16 +2,18 @@
 //!
 //! Each pod worker computes its pod's status every turn (from the runtime, probes and `pod::step`)
 //! and hands the whole pod to the sink; it never keeps a status map of its own. The sink decides
-//! what to do with repeats: [`local::LocalStatus`] (today) stores the latest pod for the local
-//! endpoint (`/pods`); an API sink (next) keeps the last status it sent per uid, diffs, and sends
-//! coalesced `PATCH pods/<name>/status` (kubelet's status manager), which is why `set` takes the
+//! what to do with repeats: [`local::LocalStatus`] stores the latest pod for the local endpoint
+//! (`/pods`); [`api::ApiStatus`] keeps the last status it sent per uid, diffs, and sends coalesced
+//! `PATCH pods/<name>/status` (kubelet's status manager), which is why `set` takes the
 //! full pod and must be cheap and non-blocking.
 
+pub mod api;
 pub mod local;
 pub mod table;
 
 use k8s_openapi::api::core::v1::Pod;
 
+pub use api::ApiStatus;
 pub use local::LocalStatus;
 
 pub trait StatusSink: Send + Sync + 'static {
