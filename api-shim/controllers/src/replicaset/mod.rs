@@ -4,10 +4,12 @@
 //! [`plan::Set`]; an RC's selector is a plain map, an RS's a `LabelSelector`). It runs on a
 //! `kube-runtime` [`Controller`] over the sets that also watches pods: a pod's change wakes its
 //! controller owner, or, for an orphan, every set in its namespace whose selector matches it (so
-//! it can be adopted). Pods are read from a reflector cache, not listed per sync; the
-//! [`plan::Expectations`] recorded after each create/delete keep a stale cache from doubling a
-//! burst. Every set is resynced periodically; failures back off exponentially and are reported
-//! as Events on the set, so nothing is dropped after a log line.
+//! it can be adopted). Each sync lists the namespace's pods from the server: a reflector cache
+//! fed by a second watch lags the trigger, and a sync that reads the older state writes a stale
+//! status and then sleeps until the resync (seen in the rollout tests). The
+//! [`plan::Expectations`] recorded after each create/delete still guard against a list that does
+//! not yet show them. Every set is resynced periodically; failures back off exponentially and
+//! are reported as Events on the set, so nothing is dropped after a log line.
 
 pub mod plan;
 
@@ -22,10 +24,10 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, ReplicationController};
 use keelson_apimachinery::selectors::LabelSelector;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -95,39 +97,29 @@ impl SetKind for ReplicationController {
 
 struct Ctx {
     client: Client,
-    pods: Store<Pod>,
     expectations: Mutex<HashMap<String, Expectations>>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
 /// Runs the controller for kind `K` until its watch stream ends.
 pub async fn run<K: SetKind>(client: Client) -> Result<(), Error> {
-    let (pods, writer) = reflector::store::<Pod>();
     let pod_api: Api<Pod> = Api::all(client.clone());
-    let pod_cache = reflector(writer, watcher(pod_api.clone(), watcher::Config::default()))
-        .default_backoff()
-        .touched_objects()
-        .for_each(|_| async {});
     let ctx = Arc::new(Ctx {
         client: client.clone(),
-        pods: pods.clone(),
         expectations: Mutex::new(HashMap::new()),
         failures: Mutex::new(HashMap::new()),
     });
     let controller = Controller::new(Api::<K>::all(client), watcher::Config::default());
     let sets = controller.store();
-    let run = controller
+    controller
         .watches(pod_api, watcher::Config::default(), move |pod: Pod| sets_for_pod::<K>(&sets, &pod))
         .run(reconcile::<K>, error_policy::<K>, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, controller = K::CONTROLLER, "reconcile");
             }
-        });
-    tokio::select! {
-        () = pod_cache => {}
-        () = run => {}
-    }
+        })
+        .await;
     Ok(())
 }
 
@@ -215,13 +207,8 @@ async fn reconcile<K: SetKind>(set: Arc<K>, ctx: Arc<Ctx>) -> Result<Action, Err
         }
     };
     let now = Utc::now();
-    let pods: Vec<Pod> = ctx
-        .pods
-        .state()
-        .iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
-        .map(|p| (**p).clone())
-        .collect();
+    let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods: Vec<Pod> = pod_api.list(&ListParams::default()).await?.items;
     let views: Vec<plan::Pod> = pods.iter().map(pod_view).collect();
     let met = {
         let mut exp = ctx.expectations.lock().unwrap_or_else(|p| p.into_inner());
@@ -246,7 +233,6 @@ async fn reconcile<K: SetKind>(set: Arc<K>, ctx: Arc<Ctx>) -> Result<Action, Err
         deleting: set.meta().deletion_timestamp.is_some(),
     };
     let p = plan::plan(&view, &views, met, now);
-    let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let by_name: HashMap<String, &Pod> = pods.iter().map(|p| (p.name_any(), p)).collect();
 
     for name in &p.adopt {
