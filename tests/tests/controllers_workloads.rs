@@ -4,11 +4,10 @@
 //! rolls an image change in batches that never break maxSurge/maxUnavailable (checked on a pod
 //! watch), and `kubectl rollout status|history|undo|pause|resume|restart` behave as upstream.
 //!
-//! Pods need a node that makes them Ready. Until the shared hollow nodes are on main, a small
-//! stand-in here plays scheduler and kubelet for one fake node: it binds unscheduled pods
-//! through `pods/binding`, marks bound pods Running and Ready through `pods/status`, and
-//! finishes their graceful deletion. (The tests run on a multi-thread runtime: kubectl blocks
-//! the test thread, and the stand-in must keep working meanwhile.)
+//! Pods become Ready on a hollow node (`keelson_tests::hollow`); the sets' templates name it in
+//! `nodeName`, and for `kubectl create deployment` a small binder stands in for the scheduler.
+//! (The tests run on a multi-thread runtime: kubectl blocks the test thread, and the fixtures
+//! must keep working meanwhile.)
 
 #![allow(clippy::unwrap_used)]
 
@@ -19,12 +18,13 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Node, Pod, ReplicationController};
+use k8s_openapi::api::core::v1::{Pod, ReplicationController};
 use keelson_tests::api::ApiServer;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use keelson_tests::hollow::{HollowNodes, HollowOpts};
+use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
-use serde_json::json;
+use serde_json::{Value, json};
 
 const NODE: &str = "hollow-workloads-0";
 
@@ -46,58 +46,41 @@ where
     }
 }
 
-/// The fake node: binds, readies and finishes deleting the pods of `ns`. Stops on drop.
-struct Standin(tokio::task::JoinHandle<()>);
+/// A hollow node (the shared fixture: Lease, pods Running/Ready, graceful deletes finished) and,
+/// until the scheduler is on main, a stand-in for it that binds the unscheduled pods of `ns` to
+/// that node through `pods/binding` (`kubectl create deployment` cannot set `nodeName`).
+struct Node {
+    _hollow: HollowNodes,
+    binder: tokio::task::JoinHandle<()>,
+}
 
-impl Drop for Standin {
+impl Drop for Node {
     fn drop(&mut self) {
-        self.0.abort();
+        self.binder.abort();
     }
 }
 
-async fn standin(client: Client, ns: &str) -> Standin {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE},
-                      "status": {"capacity": {"cpu": "64", "memory": "256Gi", "pods": "500"}}});
-    let _ = nodes.create(&PostParams::default(), &serde_json::from_value(node).unwrap()).await;
+async fn node(client: Client, ns: &str) -> Node {
+    let hollow = HollowNodes::start(client.clone(), &[NODE], HollowOpts::default()).await.unwrap();
     let pods: Api<Pod> = Api::namespaced(client, ns);
-    Standin(tokio::spawn(async move {
+    let binder = tokio::spawn(async move {
         loop {
             if let Ok(list) = pods.list(&ListParams::default()).await {
-                for p in list.items {
-                    let name = p.name_any();
-                    let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
-                    if p.metadata.deletion_timestamp.is_some() {
-                        let _ = pods
-                            .delete(&name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
-                            .await;
-                    } else if node.is_none() {
-                        let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
-                                             "target": {"apiVersion": "v1", "kind": "Node", "name": NODE}});
-                        let _ = pods
-                            .create_subresource::<serde_json::Value, serde_json::Value>(
-                                "binding",
-                                &name,
-                                &PostParams::default(),
-                                &binding,
-                            )
-                            .await;
-                    } else if p.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running") {
-                        let now = k8s_openapi::jiff::Timestamp::now()
-                            .round(k8s_openapi::jiff::Unit::Second)
-                            .unwrap()
-                            .to_string();
-                        let status = json!({"status": {"phase": "Running", "startTime": now,
-                            "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now},
-                                           {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
-                                           {"type": "PodScheduled", "status": "True", "lastTransitionTime": now}]}});
-                        let _ = pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(status)).await;
-                    }
+                let unbound = list.items.into_iter().filter(|p| {
+                    p.metadata.deletion_timestamp.is_none()
+                        && p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_none_or(str::is_empty)
+                });
+                for p in unbound {
+                    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": p.name_any()},
+                                         "target": {"apiVersion": "v1", "kind": "Node", "name": NODE}});
+                    let pp = PostParams::default();
+                    let _ = pods.create_subresource::<Value, Value>("binding", &p.name_any(), &pp, &binding).await;
                 }
             }
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
-    }))
+    });
+    Node { _hollow: hollow, binder }
 }
 
 fn kubectl(s: &ApiServer, v: &str, args: &[&str]) -> String {
@@ -133,7 +116,7 @@ async fn sets_recreate_deleted_pods(v: &str) {
     let s = ApiServer::start(&[]).unwrap();
     let client = s.client().await.unwrap();
     let ns = "default";
-    let _node = standin(client.clone(), ns).await;
+    let _node = node(client.clone(), ns).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let manifest = r#"
 apiVersion: apps/v1
@@ -144,7 +127,7 @@ spec:
   selector: {matchLabels: {app: frontend}}
   template:
     metadata: {labels: {app: frontend}}
-    spec: {containers: [{name: c, image: "registry.k8s.io/pause:3.9"}]}
+    spec: {nodeName: NODE, containers: [{name: c, image: "registry.k8s.io/pause:3.9"}]}
 ---
 apiVersion: v1
 kind: ReplicationController
@@ -154,9 +137,10 @@ spec:
   selector: {app: redis}
   template:
     metadata: {labels: {app: redis}}
-    spec: {containers: [{name: c, image: "registry.k8s.io/pause:3.9"}]}
+    spec: {nodeName: NODE, containers: [{name: c, image: "registry.k8s.io/pause:3.9"}]}
 "#;
-    let path = keelson_tests::api::write_manifest(&s.dir, "sets.yaml", manifest).unwrap();
+    let manifest = manifest.replace("NODE", NODE);
+    let path = keelson_tests::api::write_manifest(&s.dir, "sets.yaml", &manifest).unwrap();
     kubectl(&s, v, &["apply", "-f", path.to_str().unwrap()]);
     ready_set(&pods, "app=frontend", 3).await;
     ready_set(&pods, "app=redis", 2).await;
@@ -288,7 +272,7 @@ async fn deployment_rollouts(v: &str) {
     let s = ApiServer::start(&[]).unwrap();
     let client = s.client().await.unwrap();
     let ns = "default";
-    let _node = standin(client.clone(), ns).await;
+    let _node = node(client.clone(), ns).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let rs: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
