@@ -2,8 +2,9 @@
 //! netns, status and event sinks), the pod sources and the manager, and supervises what must keep
 //! running. With a kubeconfig the agent also joins the API server: the Node and its Lease
 //! ([`node::heartbeat`]), the pods bound to the node as a second source, node-side admission
-//! ([`crate::admit`]) before the manager sees a new API pod, and status and events sent to the API
-//! as well as to the local endpoint. Otherwise: the local status endpoint is restarted if it dies, image archives that failed to
+//! ([`crate::admit`]) before the manager sees a new API pod, mirror pods for static pods
+//! ([`crate::source::mirror`]), and status and events sent to the API as well as to the local
+//! endpoint. Otherwise: the local status endpoint is restarted if it dies, image archives that failed to
 //! import are retried, the manager is resynced and the orphan sweep runs periodically.
 //!
 //! `main.rs` only turns flags into a [`Config`] and calls [`run`].
@@ -24,7 +25,8 @@ use crate::podworker::{self, Manager, ManagerConfig, ManagerError, Seams};
 use crate::runtime::containerd::Containerd;
 use crate::runtime::{ContainerRuntime, RuntimeError};
 use crate::server::{self, StatusSource};
-use crate::source::{ApiSource, FileSource, Mux, PodSet, PodSource};
+use crate::source::mirror::{self, MirrorIndex};
+use crate::source::{ApiSource, CONFIG_SOURCE, FileSource, Mux, PodSet, PodSource};
 use crate::status::{ApiStatus, LocalStatus, StatusSink};
 use k8s_openapi::api::core::v1::Pod;
 use std::path::{Path, PathBuf};
@@ -162,9 +164,14 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     }
     let pods = Arc::new(LocalStatus::new());
     let events = Arc::new(EventRing::default());
+    let (statics_tx, statics_rx) = tokio::sync::watch::channel(Vec::new());
+    let mirrors = match (&client, &heartbeat) {
+        (Some(c), Some(hb)) => mirror::spawn(c.clone(), &cfg.node_name, hb.clone(), statics_rx),
+        _ => MirrorIndex::default(),
+    };
     let (status_sink, event_sink): (Arc<dyn StatusSink>, Arc<dyn EventSink>) = match &client {
         Some(c) => (
-            Arc::new(Both(pods.clone(), ApiStatus::spawn(c.clone()))),
+            Arc::new(Both(pods.clone(), ApiStatus::spawn(c.clone(), mirrors))),
             Arc::new(Both(events.clone(), ApiEvents::spawn(c.clone(), &cfg.node_name))),
         ),
         None => (pods.clone(), events.clone()),
@@ -202,6 +209,12 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         tokio::select! {
             set = mux.changed() => {
                 if let Some(set) = set {
+                    let statics: Vec<Pod> = set
+                        .values()
+                        .filter(|p| p.metadata.annotations.as_ref().and_then(|a| a.get(CONFIG_SOURCE)).is_some_and(|s| s == "file"))
+                        .cloned()
+                        .collect();
+                    statics_tx.send_if_modified(|cur| if *cur == statics { false } else { *cur = statics; true });
                     desired = Some(set);
                     dirty = true;
                 }

@@ -182,9 +182,10 @@ fn node_joins_runs_bound_pods_and_deletes_them_gracefully() {
 }
 
 /// A pod that does not fit in allocatable is Failed with `OutOfcpu` and never runs, while a pod
-/// that fits runs; a clean agent stop (SIGTERM) reports the node NotReady.
+/// that fits runs; a static pod has a mirror pod; a clean agent stop (SIGTERM) reports the node
+/// NotReady.
 #[test]
-fn unfit_pod_fails_with_out_of_cpu_and_sigterm_sets_node_not_ready() {
+fn unfit_pod_fails_static_pod_is_mirrored_and_sigterm_sets_node_not_ready() {
     let api = ApiServer::start(&[]).unwrap();
     let (mut node, _bridge) = joined_node(&api);
     wait_for(T, || node_ready(&api).filter(|(s, _)| s == "True")).expect("node Ready");
@@ -227,6 +228,30 @@ spec:
     assert!(d.contains("OutOfcpu"), "{d}");
     // Only the modest pod's sandbox and container exist.
     assert_eq!(node.containers().len(), 2, "{:?}", node.containers());
+
+    // A static pod appears in the API as a mirror pod with its status; a deleted mirror comes
+    // back (new uid) without touching the static pod's containers; removing the manifest removes it.
+    node.write_manifest(
+        "static.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: static-web}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers: [{name: app, image: keelson.local/busybox:latest, command: [sleep, '3600']}]\n",
+    )
+    .unwrap();
+    let m = wait_pod(&api, &node, "static-web-node1", "mirror Running", running_ready);
+    let ann = m.metadata.annotations.clone().unwrap();
+    assert!(ann.contains_key("kubernetes.io/config.mirror"), "{ann:?}");
+    let owner = &m.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Node", "node1"));
+    let containers = node.containers();
+    assert_eq!(containers.len(), 4, "{containers:?}");
+    api.kubectl("1.33", &["delete", "pod", "static-web-node1", "--grace-period=0", "--force"]).unwrap();
+    let m2 = wait_pod(&api, &node, "static-web-node1", "mirror recreated", |p| {
+        p.metadata.uid != m.metadata.uid && running_ready(p)
+    });
+    assert_eq!(container_id_and_restarts(&m2), container_id_and_restarts(&m));
+    assert_eq!(node.containers(), containers);
+    node.remove_manifest("static.yaml").unwrap();
+    wait_for(T, || api.kubectl("1.33", &["get", "pods", "-o", "name"]).ok().filter(|o| !o.contains("static-web")))
+        .unwrap_or_else(|| panic!("mirror not deleted\nagent log:\n{}", tail(&node.agent_log(), 60)));
 
     node.stop_agent();
     let (s, reason) = node_ready(&api).unwrap();

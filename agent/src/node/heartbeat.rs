@@ -80,6 +80,11 @@ impl Heartbeat {
         Heartbeat { client, cfg, facts, info, images, node_uid: Arc::default(), node: Arc::default() }
     }
 
+    /// The Node's uid, once registered.
+    pub fn node_uid(&self) -> Option<String> {
+        self.node_uid.lock().ok().and_then(|u| u.clone())
+    }
+
     fn keep(&self, node: Node) {
         if let Ok(mut n) = self.node.lock() {
             *n = Some(node);

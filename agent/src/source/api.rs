@@ -4,7 +4,7 @@
 //! after a dropped connection, relists after `410 Gone`, and backs off after errors (including an
 //! object that does not decode: the event is reported as an error and the watch restarts, never a
 //! crash). The task keeps the current set and publishes the whole set after every change, so the
-//! mux and the manager stay level-triggered. Until the first list completes nothing is published:
+//! mux and the manager stay level-triggered. Mirror pods (static pods shown in the API) are skipped. Until the first list completes nothing is published:
 //! the mux waits for every source, so an agent that cannot reach the API keeps its pods.
 
 use super::{PodSet, PodSource};
@@ -26,7 +26,8 @@ pub struct ApiSource {
 /// Applies one watcher event to the current set (`pods`) and the relist buffer (`init`);
 /// returns whether `pods` changed. Pure.
 pub fn apply(pods: &mut PodSet, init: &mut Option<PodSet>, ev: Event<Pod>) -> bool {
-    let uid = |p: &Pod| p.metadata.uid.clone().filter(|u| !u.is_empty());
+    // Mirror pods are the API's view of static pods, not pods to run.
+    let uid = |p: &Pod| p.metadata.uid.clone().filter(|u| !u.is_empty() && !super::mirror::is_mirror(p));
     match ev {
         Event::Init => {
             *init = Some(PodSet::new());
@@ -142,6 +143,9 @@ mod tests {
         assert!(apply(&mut pods, &mut init, Event::Apply(pod("b", "3"))));
         assert!(apply(&mut pods, &mut init, Event::Delete(pod("a", "4"))));
         assert!(!apply(&mut pods, &mut init, Event::Delete(pod("zz", "5"))));
+        let mut mirror = pod("m", "6");
+        mirror.metadata.annotations = Some([(super::super::mirror::CONFIG_MIRROR.to_string(), "h".to_string())].into());
+        assert!(!apply(&mut pods, &mut init, Event::Apply(mirror)), "mirror pods are not run");
         // A relist after 410 that no longer has b drops it.
         apply(&mut pods, &mut init, Event::Init);
         assert!(apply(&mut pods, &mut init, Event::InitDone));

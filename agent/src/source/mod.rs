@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod file;
+pub mod mirror;
 pub mod mux;
 
 use async_trait::async_trait;

@@ -11,11 +11,13 @@
 //! catches up after the API was unreachable.
 //!
 //! When a torn-down pod (`remove`) had a `deletionTimestamp`, the sink deletes it with grace 0
-//! and a uid precondition, as kubelet does once the containers are gone.
+//! and a uid precondition, as kubelet does once the containers are gone. A static pod's status goes
+//! to its mirror pod (uid from the [`MirrorIndex`]); until the mirror exists it waits.
 
 use super::StatusSink;
 use crate::apiserver::Backoff;
 use crate::source::CONFIG_SOURCE;
+use crate::source::mirror::MirrorIndex;
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use serde_json::{Map, Value};
@@ -32,8 +34,9 @@ struct State {
     /// Uids torn down since their last send.
     removed: BTreeSet<String>,
     dirty: BTreeSet<String>,
-    /// The last status the API accepted, per uid.
-    sent: HashMap<String, PodStatus>,
+    /// The last status the API accepted, per uid, with the uid of the API object it went to
+    /// (the pod itself, or a static pod's mirror).
+    sent: HashMap<String, (String, PodStatus)>,
 }
 
 /// The API status sink. Cheap to clone.
@@ -41,6 +44,7 @@ struct State {
 pub struct ApiStatus {
     state: Arc<Mutex<State>>,
     wake: Arc<Notify>,
+    mirrors: MirrorIndex,
 }
 
 /// The merge patch taking the API's status from `old` to `new` (`null` for removed top-level
@@ -68,8 +72,8 @@ fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     }
 }
 
-fn is_api_pod(pod: &Pod) -> bool {
-    pod.metadata.annotations.as_ref().and_then(|a| a.get(CONFIG_SOURCE)).is_some_and(|s| s == "api")
+fn source(pod: &Pod) -> Option<&str> {
+    pod.metadata.annotations.as_ref().and_then(|a| a.get(CONFIG_SOURCE)).map(String::as_str)
 }
 
 enum Work {
@@ -77,6 +81,8 @@ enum Work {
     Patch {
         ns: String,
         name: String,
+        /// The uid of the API object (the pod, or a static pod's mirror).
+        target: String,
         statuses: Box<(PodStatus, Option<PodStatus>)>,
     },
     Delete {
@@ -86,9 +92,9 @@ enum Work {
 }
 
 impl ApiStatus {
-    /// Starts the sender task.
-    pub fn spawn(client: kube::Client) -> ApiStatus {
-        let s = ApiStatus { state: Arc::default(), wake: Arc::new(Notify::new()) };
+    /// Starts the sender task. Static pods' statuses go to their mirrors in `mirrors`.
+    pub fn spawn(client: kube::Client, mirrors: MirrorIndex) -> ApiStatus {
+        let s = ApiStatus { state: Arc::default(), wake: Arc::new(Notify::new()), mirrors };
         let me = s.clone();
         tokio::spawn(async move { me.send_loop(client).await }.instrument(info_span!("api_status")));
         s
@@ -114,7 +120,21 @@ impl ApiStatus {
             if lock(&self.state).dirty.is_empty() {
                 tokio::select! {
                     _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                    _ = tokio::time::sleep(Duration::from_secs(10)) => {
+                        // Level-triggered catch-up: whatever was not sent yet (a static pod
+                        // whose mirror did not exist, say) is tried again.
+                        let mut st = lock(&self.state);
+                        let behind: Vec<String> = st
+                            .latest
+                            .iter()
+                            .filter(|(uid, p)| {
+                                st.removed.contains(*uid)
+                                    || st.sent.get(*uid).map(|(_, s)| s) != Some(&p.status.clone().unwrap_or_default())
+                            })
+                            .map(|(uid, _)| uid.clone())
+                            .collect();
+                        st.dirty.extend(behind);
+                    }
                 }
             }
         }
@@ -127,16 +147,23 @@ impl ApiStatus {
             let Some(pod) = st.latest.get(uid) else { return true };
             let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
             let name = pod.metadata.name.clone().unwrap_or_default();
+            let is_static = source(pod) != Some("api");
             if st.removed.contains(uid) {
-                if pod.metadata.deletion_timestamp.is_none() {
+                // A static pod's mirror is the mirror loop's; an API pod is deleted for good only
+                // after a graceful deletion.
+                if is_static || pod.metadata.deletion_timestamp.is_none() {
                     drop(st);
                     self.forget(uid);
                     return true;
                 }
                 Work::Delete { ns, name }
             } else {
-                let statuses = Box::new((pod.status.clone().unwrap_or_default(), st.sent.get(uid).cloned()));
-                Work::Patch { ns, name, statuses }
+                let target = if is_static { self.mirrors.get(&ns, &name) } else { Some(uid.to_string()) };
+                // No mirror yet: the periodic catch-up sends it once there is one.
+                let Some(target) = target else { return true };
+                let old = st.sent.get(uid).filter(|(t, _)| *t == target).map(|(_, s)| s.clone());
+                let statuses = Box::new((pod.status.clone().unwrap_or_default(), old));
+                Work::Patch { ns, name, target, statuses }
             }
         };
         match work {
@@ -158,14 +185,14 @@ impl ApiStatus {
                 self.forget(uid);
                 true
             }
-            Work::Patch { ns, name, statuses } => {
+            Work::Patch { ns, name, target, statuses } => {
                 let (status, old) = *statuses;
-                let Some(patch) = status_patch(uid, old.as_ref(), &status) else { return true };
+                let Some(patch) = status_patch(&target, old.as_ref(), &status) else { return true };
                 let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
                 match pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                     Ok(_) => {
                         debug!(pod = %format!("{ns}/{name}"), phase = ?status.phase, "status patched");
-                        lock(&self.state).sent.insert(uid.to_string(), status);
+                        lock(&self.state).sent.insert(uid.to_string(), (target, status));
                         true
                     }
                     // Gone, or another pod under that name now: nothing to report to.
@@ -189,7 +216,7 @@ impl ApiStatus {
 
 impl StatusSink for ApiStatus {
     fn set(&self, uid: &str, pod: &Pod) {
-        if !is_api_pod(pod) {
+        if !matches!(source(pod), Some("api" | "file")) {
             return;
         }
         let mut st = lock(&self.state);
@@ -238,11 +265,11 @@ mod tests {
     fn only_api_pods_are_tracked_and_bursts_coalesce() {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let _g = rt.enter();
-        let s = ApiStatus { state: Arc::default(), wake: Arc::new(Notify::new()) };
+        let s = ApiStatus { state: Arc::default(), wake: Arc::new(Notify::new()), mirrors: MirrorIndex::default() };
         let mut p = Pod::default();
         p.metadata.uid = Some("u1".into());
         s.set("u1", &p);
-        assert!(lock(&s.state).latest.is_empty(), "a static pod is not the API sink's");
+        assert!(lock(&s.state).latest.is_empty(), "an orphan (no source) is not the API sink's");
         p.metadata.annotations = Some([(CONFIG_SOURCE.to_string(), "api".to_string())].into());
         for phase in ["Pending", "Running", "Running"] {
             p.status = Some(PodStatus { phase: Some(phase.into()), ..Default::default() });
