@@ -183,16 +183,14 @@ async fn execute(client: &Client, node: &Node, op: &Op, opts: &IpamOpts) -> Resu
             let msg =
                 format!("no /{} left in cluster CIDR {} for a pod CIDR", opts.node_cidr_mask_size, opts.cluster_cidr);
             tracing::warn!(node = name, "{msg}");
-            node_event(
-                client,
-                node,
-                "Normal",
-                CIDR_NOT_AVAILABLE,
-                &format!("Node {name} status is now: {CIDR_NOT_AVAILABLE}"),
-            )
-            .await?;
+            // The condition first: once it is stored the plan no longer asks for this, so a
+            // failed write is retried without a second Event.
             let patch = with_condition(node, "True", CIDR_NOT_AVAILABLE, &msg);
             api.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+            let ev = format!("Node {name} status is now: {CIDR_NOT_AVAILABLE}");
+            if let Err(e) = node_event(client, node, "Normal", CIDR_NOT_AVAILABLE, &ev).await {
+                tracing::warn!(error = %e, "node ipam event");
+            }
         }
     }
     Ok(())

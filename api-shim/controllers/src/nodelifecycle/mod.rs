@@ -62,6 +62,14 @@ fn rfc3339(t: &Option<DateTime<Utc>>) -> Value {
     t.map_or(Value::Null, |t| json!(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)))
 }
 
+/// An object without its null fields (absent optional fields are omitted, as clients write them).
+fn compact(mut v: Value) -> Value {
+    if let Value::Object(m) = &mut v {
+        m.retain(|_, x| !x.is_null());
+    }
+    v
+}
+
 /// Records a core/v1 Event about `obj` (events.k8s.io is not served; kubectl describe reads these).
 pub(crate) async fn node_event<K>(
     client: &Client,
@@ -262,9 +270,9 @@ async fn execute(client: &Client, nodes: &[Arc<Node>], op: &Op) -> Result<(), Er
             let conds: Vec<Value> = conditions
                 .iter()
                 .map(|c| {
-                    json!({"type": c.type_, "status": c.status, "reason": c.reason, "message": c.message,
+                    compact(json!({"type": c.type_, "status": c.status, "reason": c.reason, "message": c.message,
                            "lastHeartbeatTime": rfc3339(&c.last_heartbeat_time),
-                           "lastTransitionTime": rfc3339(&c.last_transition_time)})
+                           "lastTransitionTime": rfc3339(&c.last_transition_time)}))
                 })
                 .collect();
             let patch =
@@ -280,7 +288,7 @@ async fn execute(client: &Client, nodes: &[Arc<Node>], op: &Op) -> Result<(), Er
             let Some(obj) = find(node) else { return Ok(()) };
             let ts: Vec<Value> = taints
                 .iter()
-                .map(|t| json!({"key": t.key, "value": t.value, "effect": t.effect, "timeAdded": rfc3339(&t.time_added)}))
+                .map(|t| compact(json!({"key": t.key, "value": t.value, "effect": t.effect, "timeAdded": rfc3339(&t.time_added)})))
                 .collect();
             let patch = json!({"metadata": {"resourceVersion": obj.resource_version()}, "spec": {"taints": ts}});
             node_api.patch(node, &PatchParams::default(), &Patch::Merge(patch)).await?;
