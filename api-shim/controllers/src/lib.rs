@@ -8,14 +8,18 @@
 //! without a server) and a thin reconciler that reads the state through watches or lists and
 //! executes the operations; each loop resyncs periodically and retries failures with backoff,
 //! so a restart of anything resumes the work from what is stored. One module per controller:
-//! [`gc`] (ownerReferences: background, foreground and orphan propagation) and [`namespace`]
-//! (namespace content cleanup and finalization), [`nodelifecycle`] (Lease expiry → Unknown,
-//! NoExecute taints, taint-based eviction) and [`nodeipam`] (a pod CIDR per node). [`run`]
-//! starts the enabled set; which one runs is chosen with upstream's `--controllers` syntax
-//! ([`Selection`]). With [`Opts::leader`] set, the set runs only while this process holds the
-//! `kube-system/kube-controller-manager` Lease ([`leader`]), so several API servers on one etcd
-//! have one active set; losing the Lease stops (drops) every controller task at once.
+//! [`gc`] (ownerReferences: background, foreground and orphan propagation), [`namespace`]
+//! (namespace content cleanup and finalization), [`replicaset`] (ReplicaSets and
+//! ReplicationControllers), [`deployment`] (rollouts over ReplicaSets), [`nodelifecycle`]
+//! (Lease expiry → Unknown, NoExecute taints, taint-based eviction) and [`nodeipam`] (a pod CIDR
+//! per node). [`run`] starts the enabled set; which one runs is chosen with upstream's
+//! `--controllers` syntax ([`Selection`]). With [`Opts::leader`] set, the set runs only while
+//! this process holds the `kube-system/kube-controller-manager` Lease ([`leader`]), so several
+//! API servers on one etcd have one active set; losing the Lease stops (drops) every controller
+//! task at once.
 
+pub mod deployment;
+pub mod events;
 pub mod gc;
 pub mod kinds;
 pub mod leader;
@@ -23,6 +27,7 @@ pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod object;
+pub mod replicaset;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +37,15 @@ use kube::Client;
 use crate::kinds::Kinds;
 
 /// The controllers this crate provides, by their upstream `--controllers` names.
-pub const CONTROLLERS: &[&str] = &["garbagecollector", "namespace", "nodelifecycle", "nodeipam"];
+pub const CONTROLLERS: &[&str] = &[
+    "garbagecollector",
+    "namespace",
+    "replicaset",
+    "replicationcontroller",
+    "deployment",
+    "nodelifecycle",
+    "nodeipam",
+];
 
 /// Short names accepted for convenience.
 fn canonical(name: &str) -> &str {
@@ -48,6 +61,8 @@ pub enum Error {
     UnknownController(String),
     #[error("kind {0} is not served (or not listable, watchable and deletable)")]
     UnknownKind(String),
+    #[error("invalid object: {0}")]
+    Invalid(String),
     #[error("a watch store was dropped before it synced")]
     StoreClosed,
     #[error("configuration: {0}")]
@@ -168,6 +183,11 @@ async fn run_set(client: Client, opts: Opts) -> Result<(), Error> {
                 let r = match name {
                     "garbagecollector" => gc::run(client.clone(), kinds.clone(), opts.gc.clone()).await,
                     "namespace" => namespace::run(client.clone(), kinds.clone(), opts.namespace_resync).await,
+                    "replicaset" => replicaset::run::<k8s_openapi::api::apps::v1::ReplicaSet>(client.clone()).await,
+                    "replicationcontroller" => {
+                        replicaset::run::<k8s_openapi::api::core::v1::ReplicationController>(client.clone()).await
+                    }
+                    "deployment" => deployment::run(client.clone()).await,
                     "nodelifecycle" => nodelifecycle::run(client.clone(), opts.node_lifecycle.clone()).await,
                     "nodeipam" => nodeipam::run(client.clone(), opts.node_ipam.clone()).await,
                     _ => Ok(()),
@@ -192,11 +212,11 @@ mod tests {
     fn selection_follows_upstreams_controllers_flag() {
         let none: &[&str] = &[];
         let p = |c: &[&str], d: &[&str]| Selection::parse(c, d).map(|s| s.enabled);
-        assert_eq!(p(&["*"], none).unwrap(), vec!["garbagecollector", "namespace", "nodelifecycle", "nodeipam"]);
-        assert_eq!(p(&["*", "-gc"], none).unwrap(), vec!["namespace", "nodelifecycle", "nodeipam"]);
+        assert_eq!(p(&["*"], none).unwrap(), CONTROLLERS.to_vec());
+        assert!(!p(&["*", "-gc"], none).unwrap().contains(&"garbagecollector"));
         assert_eq!(p(&["namespace"], none).unwrap(), vec!["namespace"]);
-        assert_eq!(p(&["*"], &["namespace"]).unwrap(), vec!["garbagecollector", "nodelifecycle", "nodeipam"]);
-        assert_eq!(p(&["-garbagecollector", "*", "-nodeipam", "-nodelifecycle"], none).unwrap(), vec!["namespace"]);
+        assert!(!p(&["*"], &["namespace"]).unwrap().contains(&"namespace"));
+        assert_eq!(p(&["-garbagecollector", "*"], none).unwrap(), CONTROLLERS[1..].to_vec());
         assert_eq!(p(none, none).unwrap(), Vec::<&str>::new());
         assert!(matches!(p(&["*", "-nope"], none), Err(Error::UnknownController(n)) if n == "nope"));
         assert!(Selection::parse(&["*"], none).unwrap().is_enabled("gc"));

@@ -350,12 +350,16 @@ mod tests {
         let other =
             Taint { key: "dedicated".into(), value: Some("x".into()), effect: NO_EXECUTE.into(), time_added: None };
         let unreach = Taint::no_execute(UNREACHABLE, t(0));
-        assert_eq!(wanted_taints(&[other.clone()], Some("True"), t(5)), None);
+        assert_eq!(wanted_taints(std::slice::from_ref(&other), Some("True"), t(5)), None);
         assert_eq!(
             wanted_taints(&[other.clone(), unreach.clone()], Some("False"), t(5)),
             Some(vec![other.clone(), Taint::no_execute(NOT_READY, t(5))])
         );
-        assert_eq!(wanted_taints(&[unreach.clone()], Some("Unknown"), t(5)), None, "kept with its timeAdded");
+        assert_eq!(
+            wanted_taints(std::slice::from_ref(&unreach), Some("Unknown"), t(5)),
+            None,
+            "kept with its timeAdded"
+        );
         assert_eq!(wanted_taints(&[other.clone(), unreach], Some("True"), t(5)), Some(vec![other]), "node back");
         assert_eq!(wanted_taints(&[], None, t(5)), None);
     }
@@ -405,7 +409,7 @@ mod tests {
             PodView { deleting: true, ..pod("going", "n1", vec![]) },
             pod("elsewhere", "n2", vec![]),
         ];
-        let (ops, next) = plan(&[n.clone()], &health(100), &pods, t(110), Duration::seconds(20));
+        let (ops, next) = plan(std::slice::from_ref(&n), &health(100), &pods, t(110), Duration::seconds(20));
         assert_eq!(
             ops,
             vec![
