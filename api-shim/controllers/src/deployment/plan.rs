@@ -97,6 +97,8 @@ pub struct Deployment {
     pub conditions: Vec<Condition>,
     /// The counts of the status last written (to tell progress from standing still).
     pub last: Counts,
+    /// Pods of old sets not yet gone (terminating ones included; Recreate waits for them).
+    pub old_pods: i32,
     pub deleting: bool,
 }
 
@@ -303,7 +305,7 @@ pub fn plan(d: &Deployment, rss: &[Rs], now: DateTime<Utc>) -> Plan {
                 for r in old.iter().filter(|r| r.replicas > 0) {
                     out.scale.push((r.name.clone(), 0));
                 }
-                if old_spec == 0 && old_running == 0 {
+                if old_spec == 0 && old_running == 0 && d.old_pods == 0 {
                     match new {
                         None => {
                             out.create = Some(NewRs {
@@ -530,6 +532,7 @@ mod tests {
             hash: "new".into(),
             conditions: Vec::new(),
             last: Counts::default(),
+            old_pods: 0,
             deleting: false,
         }
     }
@@ -652,7 +655,12 @@ mod tests {
         draining.status_replicas = 2;
         let p = plan(&d, &[draining, rs("web-new", true, 0, 0, 2)], t(1));
         assert!(p.scale.is_empty() && p.create.is_none());
+        // The old set reports no pods, but one is still terminating: wait for it too.
+        d.old_pods = 1;
         let p = plan(&d, &[rs("web-old", false, 0, 0, 1), rs("web-new", true, 0, 0, 2)], t(2));
+        assert!(p.scale.is_empty());
+        d.old_pods = 0;
+        let p = plan(&d, &[rs("web-old", false, 0, 0, 1), rs("web-new", true, 0, 0, 2)], t(3));
         assert_eq!(p.scale, vec![("web-new".to_string(), 3)]);
     }
 
