@@ -496,4 +496,27 @@ spec:
     let live = live_pods(&pods, "app=db").await.unwrap();
     assert_eq!(live.len(), 3);
     assert!(live.iter().all(|p| p.labels()["pod-template-hash"] != old_hash && image_of(p).ends_with(":3.10")));
+
+    // Orphaned by a delete, the sets are adopted by a new deployment of the same template: no new
+    // set, the same pods.
+    let names: Vec<String> = live.iter().map(ResourceExt::name_any).collect();
+    kubectl(&s, "1.33", &["delete", "deployment", "db", "--cascade=orphan", "--timeout=30s"]);
+    let rs: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
+    let before = rs.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(before.len(), 2);
+    let again = keelson_tests::api::write_manifest(&s.dir, "db2.yaml", &manifest.replace(":3.9", ":3.10")).unwrap();
+    kubectl(&s, "1.33", &["apply", "-f", again.to_str().unwrap()]);
+    let uid = deps.get("db").await.unwrap().uid().unwrap();
+    eventually("sets adopted", Duration::from_secs(20), || async {
+        let sets = rs.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items;
+        Ok(sets.len() == 2 && sets.iter().all(|r| r.owner_references().iter().any(|o| o.uid == uid)))
+    })
+    .await;
+    let out = kubectl(&s, "1.33", &["rollout", "status", "deployment/db", "--timeout=60s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let mut after: Vec<String> = live_pods(&pods, "app=db").await.unwrap().iter().map(ResourceExt::name_any).collect();
+    after.sort();
+    let mut names = names;
+    names.sort();
+    assert_eq!(after, names, "adoption replaced pods");
 }

@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 
 use crate::Error;
 use crate::events;
+use keelson_apimachinery::selectors::LabelSelector;
 use plan::{Condition, Counts, IntOrPercent, Strategy};
 
 const COMPONENT: &str = "deployment-controller";
@@ -136,6 +137,69 @@ fn rs_view(rs: &ReplicaSet, template: &Value) -> plan::Rs {
     }
 }
 
+fn controller_uid(rs: &ReplicaSet) -> Option<String> {
+    rs.owner_references().iter().find(|r| r.controller == Some(true)).map(|r| r.uid.clone())
+}
+
+/// Adopts matching orphan sets and releases owned ones that stopped matching, then returns the
+/// sets the deployment controls; `None` (after an Event) when its selector cannot be read.
+async fn owned_sets(
+    ctx: &Ctx,
+    d: &Deployment,
+    rs_api: &Api<ReplicaSet>,
+    all: Vec<ReplicaSet>,
+) -> Result<Option<Vec<ReplicaSet>>, Error> {
+    let uid = d.uid().unwrap_or_default();
+    let sel = serde_json::to_value(d.spec.as_ref().map(|s| &s.selector)).unwrap_or(Value::Null);
+    let selector = match LabelSelector::from_object(&sel) {
+        Ok(s) if !s.is_empty() => s,
+        Ok(_) => {
+            events::warn(&ctx.client, d, COMPONENT, "InvalidSelector", "empty selector").await;
+            return Ok(None);
+        }
+        Err(e) => {
+            events::warn(&ctx.client, d, COMPONENT, "InvalidSelector", &e.to_string()).await;
+            return Ok(None);
+        }
+    };
+    let candidates: Vec<plan::Candidate> = all
+        .iter()
+        .map(|rs| plan::Candidate {
+            name: rs.name_any(),
+            controller_uid: controller_uid(rs),
+            matches: selector.matches(rs.labels()),
+            deleting: rs.metadata.deletion_timestamp.is_some(),
+        })
+        .collect();
+    let (adopt, release) = plan::ownership(&uid, d.metadata.deletion_timestamp.is_some(), &candidates);
+    let mut owned = Vec::new();
+    for mut rs in all {
+        let name = rs.name_any();
+        let mut refs: Vec<Value> = rs.owner_references().iter().filter_map(|r| serde_json::to_value(r).ok()).collect();
+        let change = if adopt.contains(&name) {
+            refs.push(json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": d.name_any(), "uid": uid,
+                             "controller": true, "blockOwnerDeletion": true}));
+            true
+        } else if release.contains(&name) {
+            refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid.as_str()));
+            false
+        } else {
+            if controller_uid(&rs).as_deref() == Some(uid.as_str()) {
+                owned.push(rs);
+            }
+            continue;
+        };
+        let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": rs.resource_version(),
+                                        "uid": rs.uid()}});
+        rs = rs_api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+        if change {
+            tracing::info!(rs = name, "adopted replica set");
+            owned.push(rs);
+        }
+    }
+    Ok(Some(owned))
+}
+
 fn max_replicas(d: &plan::Deployment) -> i32 {
     d.replicas + plan::fenceposts(&d.strategy, d.replicas).0
 }
@@ -151,13 +215,11 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let now = Utc::now();
 
     let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
-    let owned: Vec<ReplicaSet> = rs_api
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|rs| rs.owner_references().iter().any(|r| r.controller == Some(true) && r.uid == uid))
-        .collect();
+    let all = rs_api.list(&ListParams::default()).await?.items;
+    let owned = match owned_sets(&ctx, &d, &rs_api, all).await? {
+        Some(o) => o,
+        None => return Ok(Action::requeue(RESYNC)),
+    };
     let rss: Vec<plan::Rs> = owned.iter().map(|rs| rs_view(rs, &template)).collect();
     // Recreate starts the new pods only when every old pod is gone, terminating ones included
     // (a set's status no longer counts those), so look at the pods themselves.

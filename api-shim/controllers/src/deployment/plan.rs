@@ -243,6 +243,33 @@ pub fn without_hash(template: &Value) -> Value {
     normalize(&t)
 }
 
+/// One ReplicaSet of the namespace as ownership sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub name: String,
+    /// The uid of its controller owner, if any.
+    pub controller_uid: Option<String>,
+    /// Its labels match the deployment's selector.
+    pub matches: bool,
+    pub deleting: bool,
+}
+
+/// Which sets the deployment `uid` adopts (matching orphans, e.g. left by
+/// `kubectl delete --cascade=orphan` and a re-create) and releases (owned ones that no longer
+/// match the selector). A deployment being deleted adopts nothing.
+pub fn ownership(uid: &str, deleting: bool, sets: &[Candidate]) -> (Vec<String>, Vec<String>) {
+    let mut adopt = Vec::new();
+    let mut release = Vec::new();
+    for c in sets.iter().filter(|c| !c.deleting) {
+        match c.controller_uid.as_deref() {
+            None if c.matches && !deleting => adopt.push(c.name.clone()),
+            Some(u) if u == uid && !c.matches => release.push(c.name.clone()),
+            _ => {}
+        }
+    }
+    (adopt, release)
+}
+
 fn set_condition(conds: &mut Vec<Condition>, mut c: Condition) {
     if let Some(cur) = conds.iter().find(|x| x.type_ == c.type_) {
         if cur.status == c.status && cur.reason == c.reason && cur.message == c.message {
@@ -550,6 +577,25 @@ mod tests {
             created: Some(t(revision)),
             deleting: false,
         }
+    }
+
+    #[test]
+    fn adopts_matching_orphan_sets_and_releases_strays() {
+        let c = |name: &str, owner: Option<&str>, matches: bool| Candidate {
+            name: name.into(),
+            controller_uid: owner.map(str::to_string),
+            matches,
+            deleting: false,
+        };
+        let sets = [
+            c("orphan", None, true),
+            c("unrelated", None, false),
+            c("mine", Some("d"), true),
+            c("relabelled", Some("d"), false),
+            c("theirs", Some("x"), true),
+        ];
+        assert_eq!(ownership("d", false, &sets), (vec!["orphan".to_string()], vec!["relabelled".to_string()]));
+        assert_eq!(ownership("d", true, &sets).0, Vec::<String>::new());
     }
 
     #[test]
