@@ -8,15 +8,15 @@
 //! without a server) and a thin reconciler that reads the state through watches or lists and
 //! executes the operations; each loop resyncs periodically and retries failures with backoff,
 //! so a restart of anything resumes the work from what is stored. One module per controller:
-//! [`gc`] (ownerReferences: background, foreground and orphan propagation), [`namespace`]
+//! [`gc`] (ownerReferences: background, foreground and orphan propagation) and [`namespace`]
 //! (namespace content cleanup and finalization), [`replicaset`] (ReplicaSets and
 //! ReplicationControllers), [`deployment`] (rollouts over ReplicaSets), [`nodelifecycle`]
 //! (Lease expiry → Unknown, NoExecute taints, taint-based eviction) and [`nodeipam`] (a pod CIDR
 //! per node). [`run`] starts the enabled set; which one runs is chosen with upstream's
-//! `--controllers` syntax ([`Selection`]). With [`Opts::leader`] set, the set runs only while
-//! this process holds the `kube-system/kube-controller-manager` Lease ([`leader`]), so several
-//! API servers on one etcd have one active set; losing the Lease stops (drops) every controller
-//! task at once.
+//! `--controllers` syntax ([`Selection`]). With [`Opts::leader`] set, the set runs only while this
+//! process holds the `kube-system/kube-controller-manager` Lease ([`leader`]), so several API
+//! servers on one etcd have one active set; losing the Lease stops (drops) every controller task
+//! at once.
 
 pub mod deployment;
 pub mod events;
@@ -217,6 +217,7 @@ mod tests {
         assert_eq!(p(&["namespace"], none).unwrap(), vec!["namespace"]);
         assert!(!p(&["*"], &["namespace"]).unwrap().contains(&"namespace"));
         assert_eq!(p(&["-garbagecollector", "*"], none).unwrap(), CONTROLLERS[1..].to_vec());
+        assert!(!p(&["-garbagecollector", "*", "-nodeipam"], none).unwrap().contains(&"nodeipam"));
         assert_eq!(p(none, none).unwrap(), Vec::<&str>::new());
         assert!(matches!(p(&["*", "-nope"], none), Err(Error::UnknownController(n)) if n == "nope"));
         assert!(Selection::parse(&["*"], none).unwrap().is_enabled("gc"));
