@@ -179,6 +179,14 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn version(&self) -> Result<String>;
     /// Imports an OCI image-layout archive; returns the image names it carried.
     async fn import_archive(&self, path: &Path) -> Result<Vec<String>>;
+    /// Pulls an image from its registry and records it under its normalized name
+    /// (`crate::images::pull`). Runtimes that cannot pull (the fakes) say so.
+    async fn pull_image(
+        &self,
+        _req: crate::images::pull::PullRequest<'_>,
+    ) -> std::result::Result<crate::images::PullReport, crate::images::PullError> {
+        Err(crate::images::PullError::Unsupported)
+    }
     /// The config of a present image, or `ImageNotFound`.
     async fn image_config(&self, image: &str) -> Result<ImageConfig>;
     /// Creates a container (and its writable snapshot). `AlreadyExists` if the id is taken.
