@@ -34,6 +34,8 @@ struct Inner {
     blobs: HashMap<String, (String, Vec<u8>)>,
     tags: HashMap<(String, String), String>,
     corrupt: HashSet<String>,
+    /// Blobs whose download breaks off after half the bytes (the connection is reset).
+    cut: HashSet<String>,
     log: Vec<String>,
 }
 
@@ -247,6 +249,17 @@ impl Registry {
         self.shared.inner.lock().unwrap_or_else(|p| p.into_inner()).corrupt.insert(digest.to_string());
     }
 
+    /// Breaks off every download of `digest` halfway (`on = false`: serve it whole again), as
+    /// a registry that goes away mid-pull.
+    pub fn cut(&self, digest: &str, on: bool) {
+        let mut inner = self.shared.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if on {
+            inner.cut.insert(digest.to_string());
+        } else {
+            inner.cut.remove(digest);
+        }
+    }
+
     /// Every request so far, as `METHOD path`.
     pub fn requests(&self) -> Vec<String> {
         self.shared.inner.lock().unwrap_or_else(|p| p.into_inner()).log.clone()
@@ -388,9 +401,25 @@ async fn v2_path(
         *b ^= 0xff;
     }
     let ct = if is_manifest { media_type.as_str() } else { "application/octet-stream" };
+    let len = data.len();
+    let body = if inner.cut.contains(&digest) {
+        let half = data[..len / 2].to_vec();
+        let parts: Vec<Result<Vec<u8>, std::io::Error>> =
+            vec![Ok(half), Err(std::io::Error::other("fixture: connection cut mid-blob"))];
+        // Headers and the first half go out; the error (a reset) comes a moment later, mid-body.
+        Body::from_stream(futures::StreamExt::then(futures::stream::iter(parts), |p| async move {
+            if p.is_err() {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            p
+        }))
+    } else {
+        Body::from(data)
+    };
     Response::builder()
         .header("content-type", ct)
+        .header("content-length", len)
         .header("docker-content-digest", &digest)
-        .body(Body::from(data))
+        .body(body)
         .unwrap_or_default()
 }

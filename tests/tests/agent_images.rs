@@ -125,6 +125,7 @@ fn bearer_token_registry_needs_credentials() {
         waiting(p).is_some_and(|(r, _)| r == "ErrImagePull" || r == "ImagePullBackOff")
     });
     let (_, msg) = waiting(&p).unwrap();
+    eprintln!("no credentials: {msg}");
     assert!(msg.contains("credentials required for this repository"), "{msg}");
     assert!(!images_in_containerd(&node).contains(&img.reference));
 
@@ -171,6 +172,7 @@ fn never_policy_and_a_corrupt_blob() {
         waiting(p).is_some_and(|(r, m)| (r == "ErrImagePull" || r == "ImagePullBackOff") && !m.is_empty())
     });
     let (_, msg) = waiting(&p).unwrap();
+    eprintln!("corrupt blob: {msg}");
     assert!(msg.to_lowercase().contains("digest"), "{msg}");
     let listed = images_in_containerd(&node);
     assert!(!listed.contains(&bad.reference) && !listed.contains(&never.reference), "{listed}");
@@ -179,6 +181,35 @@ fn never_policy_and_a_corrupt_blob() {
         "Never must not ask the registry: {:#?}",
         reg.requests()
     );
+}
+
+/// The registry breaks off the new layer halfway: the pull fails (ErrImagePull / backoff) and
+/// leaves no image behind; once the registry serves it whole again, the retry pulls and the pod
+/// runs with the complete layer.
+#[test]
+fn a_download_cut_mid_blob_is_retried_and_leaves_no_image() {
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let node = node(cfg_dir.path());
+    let reg = Registry::start(Options { netns: Some(node.netns.path()), ..Default::default() }).unwrap();
+    write_registry_config(cfg_dir.path(), &reg, serde_json::json!({}));
+    let img = reg.push_archive(&busybox_archive(), "flaky/app", "3", "whole-layer", false).unwrap();
+    let layer = img.layers.last().unwrap().clone();
+    reg.cut(&layer, true);
+    node.write_manifest("f.yaml", &pod_yaml("f", &img.reference, None)).unwrap();
+    let p = node.wait_pod("f", "failed pull", T, |p| {
+        waiting(p).is_some_and(|(r, m)| (r == "ErrImagePull" || r == "ImagePullBackOff") && !m.is_empty())
+    });
+    let (_, msg) = waiting(&p).unwrap();
+    eprintln!("cut mid-blob: {msg}");
+    assert!(msg.contains(&layer), "the message names the layer: {msg}");
+    assert!(!images_in_containerd(&node).contains(&img.reference), "a failed pull left an image record");
+    let cut_gets = reg.blob_gets(&layer);
+    assert!(cut_gets >= 1);
+    reg.cut(&layer, false);
+    let p = node.wait_pod("f", "running", T, running);
+    let log = std::fs::read_to_string(node.log_file(&p, "app", 0)).unwrap_or_default();
+    assert!(log.contains("whole-layer"), "{log}");
+    assert!(reg.blob_gets(&layer) > cut_gets, "the layer was fetched again");
 }
 
 fn base64_encode(s: &str) -> String {

@@ -209,6 +209,22 @@ fn registry_message(body: &str) -> String {
     s.chars().take(512).collect()
 }
 
+/// An error with its causes (`error sending request …: connection reset`): reqwest's own
+/// message leaves out why.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
 fn oci_auth(c: Option<&Credential>) -> RegistryAuth {
     match c {
         None => RegistryAuth::Anonymous,
@@ -236,7 +252,7 @@ pub async fn pull<S: Store + ?Sized>(store: &S, req: PullRequest<'_>) -> Result<
     let r: Reference = reference::parse(req.image)?;
     let name = r.whole();
     let image = name.clone();
-    let reg = |e: OciDistributionError| PullError::Registry { image: image.clone(), message: e.to_string() };
+    let reg = |e: OciDistributionError| PullError::Registry { image: image.clone(), message: chain(&e) };
     let invalid = |what: &str, reason: String| PullError::Invalid { image: name.clone(), what: what.into(), reason };
     let store_err = |op: &'static str| {
         let image = name.clone();
