@@ -244,6 +244,54 @@ impl Registry {
         })
     }
 
+    /// Serves a generated image made of `files` (one layer each: a tar holding that one file,
+    /// gzipped) as `repo:tag`. For benchmarks: no base image, nothing runnable.
+    pub fn push_layers(&self, repo: &str, tag: &str, files: &[(String, Vec<u8>)]) -> anyhow::Result<Image> {
+        let ltype = "application/vnd.oci.image.layer.v1.tar+gzip";
+        let mut inner = self.shared.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut layers, mut descs, mut diff_ids) = (Vec::new(), Vec::new(), Vec::new());
+        for (name, data) in files {
+            let mut tar = tar::Builder::new(Vec::new());
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_mtime(0);
+            h.set_size(data.len() as u64);
+            tar.append_data(&mut h, name, data.as_slice())?;
+            let tar = tar.into_inner()?;
+            let mut gz = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::fast());
+            gz.write_all(&tar)?;
+            let gz = gz.finish()?;
+            let d = sha256(&gz);
+            diff_ids.push(sha256(&tar));
+            descs.push(serde_json::json!({"mediaType": ltype, "digest": d, "size": gz.len()}));
+            inner.blobs.insert(d.clone(), (ltype.into(), gz));
+            layers.push(d);
+        }
+        let config = serde_json::json!({
+            "architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"]},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids}
+        });
+        let cbytes = serde_json::to_vec(&config)?;
+        let cdigest = sha256(&cbytes);
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cdigest, "size": cbytes.len()},
+            "layers": descs,
+        });
+        inner.blobs.insert(cdigest.clone(), ("application/vnd.oci.image.config.v1+json".into(), cbytes));
+        let mbytes = serde_json::to_vec(&manifest)?;
+        let mdigest = sha256(&mbytes);
+        inner.blobs.insert(mdigest.clone(), ("application/vnd.oci.image.manifest.v1+json".into(), mbytes));
+        inner.tags.insert((repo.to_string(), tag.to_string()), mdigest.clone());
+        Ok(Image {
+            reference: format!("{}/{repo}:{tag}", self.shared.host),
+            manifest: mdigest,
+            config: cdigest,
+            layers,
+        })
+    }
+
     /// Serves `digest` with one byte changed from now on.
     pub fn corrupt(&self, digest: &str) {
         self.shared.inner.lock().unwrap_or_else(|p| p.into_inner()).corrupt.insert(digest.to_string());
