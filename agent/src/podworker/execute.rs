@@ -132,7 +132,8 @@ impl<R: ContainerRuntime, C: Cgroups + 'static, N: PodNetwork> Worker<R, C, N> {
 
     /// The container's image, pulled first when its pull policy asks for it (kubelet's
     /// `EnsureImageExists`): Never → `ErrImageNeverPull` when absent; IfNotPresent → pull only
-    /// when absent; Always → pull (blobs already present are not fetched again). A failed pull is
+    /// when absent; Always → pull (blobs already present are not fetched again). An image imported
+    /// from a node-local archive has no registry to ask and is used under every policy. A failed pull is
     /// `ErrImagePull`, which `pod::step` turns into `ImagePullBackOff` until the backoff expires.
     async fn ensure_image(&self, pod: &Pod, c: &Container) -> Result<ImageConfig, StartError> {
         let raw = c.image.clone().unwrap_or_default();
@@ -144,6 +145,7 @@ impl<R: ContainerRuntime, C: Cgroups + 'static, N: PodNetwork> Worker<R, C, N> {
             Err(source) => return Err(StartError::Image { image: raw, source }),
         };
         match (policy, present) {
+            (_, Some(cfg)) if cfg.from_archive => return Ok(cfg),
             (PullPolicy::Never, None) => return Err(StartError::NeverPull { image: raw }),
             (PullPolicy::Never | PullPolicy::IfNotPresent, Some(cfg)) => {
                 self.shared.event(NORMAL, pod, "Pulled", format!("Container image {raw:?} already present on machine"));

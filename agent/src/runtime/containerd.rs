@@ -479,7 +479,7 @@ impl ContainerRuntime for Containerd {
                 self.unpack(&lease, &layers, &diff_ids).await?;
                 let image = api::Image {
                     name: name2.clone(),
-                    labels: Default::default(),
+                    labels: [(labels::IMAGE_SOURCE.to_string(), "archive".to_string())].into(),
                     target: Some(mdesc.clone()),
                     created_at: None,
                     updated_at: None,
@@ -520,6 +520,12 @@ impl ContainerRuntime for Containerd {
 
     async fn image_config(&self, image: &str) -> Result<ImageConfig> {
         let (_m, config, id) = self.resolve(image).await?;
+        let from_archive = match self.images().get(self.req(api::GetImageRequest { name: image.to_string() })).await {
+            Ok(r) => {
+                r.into_inner().image.is_some_and(|i| i.labels.get(labels::IMAGE_SOURCE).is_some_and(|v| v == "archive"))
+            }
+            Err(_) => false,
+        };
         let c = &config["config"];
         Ok(ImageConfig {
             name: image.to_string(),
@@ -530,6 +536,7 @@ impl ContainerRuntime for Containerd {
             working_dir: c["WorkingDir"].as_str().unwrap_or_default().to_string(),
             user: c["User"].as_str().unwrap_or_default().to_string(),
             stop_signal: c["StopSignal"].as_str().map(String::from),
+            from_archive,
         })
     }
 

@@ -37,6 +37,8 @@ pub mod labels {
     pub const SPEC_HASH: &str = "io.keelson.container.spec-hash";
     /// Termination reason recorded by the agent after exit (e.g. `OOMKilled`), so it survives restarts.
     pub const EXIT_REASON: &str = "io.keelson.container.exit-reason";
+    /// Image records only: `archive` when imported from a node-local OCI archive.
+    pub const IMAGE_SOURCE: &str = "io.keelson.image.source";
     /// Sandbox only: path of the pod network namespace.
     pub const NETNS: &str = "io.keelson.sandbox.netns";
     /// Sandbox only: the pod IP assigned by CNI.
@@ -103,6 +105,9 @@ pub struct ImageConfig {
     pub working_dir: String,
     pub user: String,
     pub stop_signal: Option<String>,
+    /// Imported from a node-local archive (no registry to ask): every pull policy, Always
+    /// included, uses it as it is (`crate::images` never pulls it).
+    pub from_archive: bool,
 }
 
 /// A container to create: an OCI runtime spec (with `root.path = "rootfs"`) on a fresh writable
