@@ -67,7 +67,7 @@ fn images_in_containerd(node: &Node) -> String {
 
 /// Two pods of one image (a tag other than latest: IfNotPresent; behind an index listing arm64
 /// first) start together: both run the registry's rootfs, and the blobs were downloaded once —
-/// the second pull joined the first. The fixture delays every blob by 1.5 s, so both workers are
+/// the second pull joined the first. The fixture delays every blob by 3 s, so both workers are
 /// pulling at the same time; without the merge each would fetch the config and the new layer.
 #[test]
 fn pulls_an_image_and_two_pods_share_one_pull() {
@@ -75,7 +75,7 @@ fn pulls_an_image_and_two_pods_share_one_pull() {
     let node = node(cfg_dir.path());
     let reg = Registry::start(Options {
         netns: Some(node.netns.path()),
-        blob_delay: Duration::from_millis(1500),
+        blob_delay: Duration::from_secs(3),
         ..Default::default()
     })
     .unwrap();

@@ -330,29 +330,52 @@ pub async fn pull<S: Store + ?Sized>(store: &S, req: PullRequest<'_>) -> Result<
     let lease = store.begin().await.map_err(store_err("lease"))?;
     let out = async {
         let fetched = Arc::new(AtomicU64::new(0));
-        let mut missing = Vec::new();
+        let mut present = Vec::with_capacity(layers.len());
         for l in &layers {
-            if !store.has_blob(&l.digest).await.map_err(store_err("content info"))? {
-                missing.push(l.clone());
-            }
+            present.push(store.has_blob(&l.digest).await.map_err(store_err("content info"))?);
         }
-        let fetched_blobs = missing.len() + 1;
-        debug!(layers = layers.len(), missing = missing.len(), "fetching layers");
-        stream::iter(missing)
-            .map(|l| {
-                let (client, r, lease, fetched) = (&client, &r, &lease, fetched.clone());
-                async move {
-                    let s = client.pull_blob_stream(r, &oci_desc(&l)).await.map_err(reg)?;
-                    let counted = s.stream.inspect_ok(move |b| {
-                        fetched.fetch_add(b.len() as u64, Ordering::Relaxed);
-                    });
-                    store.write_stream(lease, &l, counted.boxed()).await.map_err(store_err("layer"))
-                }
-            })
-            .buffer_unordered(PARALLEL_LAYERS)
-            .try_collect::<Vec<()>>()
-            .await?;
-        store.unpack(&lease, &layers, &diff_ids).await.map_err(store_err("unpack"))?;
+        let fetched_blobs = present.iter().filter(|p| !**p).count() + 1;
+        debug!(layers = layers.len(), missing = fetched_blobs - 1, "fetching layers");
+        // Downloads run PARALLEL_LAYERS at a time and finish in layer order (`buffered`); each
+        // finished layer is applied at once on top of the previous ones while later layers are
+        // still downloading, as containerd's own unpacker does.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+        let (client_r, r_r, lease_r, fetched_r, present_r, layers_r) =
+            (&client, &r, &lease, &fetched, &present, &layers);
+        let download = async move {
+            let mut done = stream::iter(0..layers_r.len())
+                .map(|i| {
+                    let fetched = fetched_r.clone();
+                    async move {
+                        let l = &layers_r[i];
+                        if present_r[i] {
+                            return Ok(i);
+                        }
+                        let s = client_r.pull_blob_stream(r_r, &oci_desc(l)).await.map_err(reg)?;
+                        let counted = s.stream.inspect_ok(move |b| {
+                            fetched.fetch_add(b.len() as u64, Ordering::Relaxed);
+                        });
+                        store.write_stream(lease_r, l, counted.boxed()).await.map_err(store_err("layer"))?;
+                        Ok::<_, PullError>(i)
+                    }
+                })
+                .buffered(PARALLEL_LAYERS);
+            while let Some(i) = done.try_next().await? {
+                // The receiver only goes away when applying failed; that error is reported.
+                let _ = tx.send(i);
+            }
+            Ok::<_, PullError>(())
+        };
+        let apply = async {
+            while let Some(i) = rx.recv().await {
+                store.unpack(&lease, &layers[..=i], &diff_ids[..=i]).await.map_err(store_err("unpack"))?;
+            }
+            Ok::<_, PullError>(())
+        };
+        futures::try_join!(download, apply)?;
+        if layers.is_empty() {
+            store.unpack(&lease, &layers, &diff_ids).await.map_err(store_err("unpack"))?;
+        }
         store.write_config(&lease, &config, &config_bytes, &diff_ids).await.map_err(store_err("config"))?;
         let mut labels = HashMap::from([("containerd.io/gc.ref.content.config".to_string(), config.digest.clone())]);
         for (i, l) in layers.iter().enumerate() {
