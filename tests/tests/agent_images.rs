@@ -57,6 +57,17 @@ spec:
     )
 }
 
+/// The app's first log shows `marker` (read from the registry's layer) within a few seconds:
+/// a running container may not have written its output yet.
+fn assert_log(node: &Node, p: &Pod, marker: &str) {
+    let path = node.log_file(p, "app", 0);
+    let found = keelson_tests::wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&path).ok().filter(|l| l.contains(marker)).map(|_| ())
+    });
+    let log = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(found.is_some(), "{} log lacks {marker:?}: {log}", p.metadata.name.as_deref().unwrap_or(""));
+}
+
 fn images_in_containerd(node: &Node) -> String {
     keelson_tests::run_stdout(
         "ctr",
@@ -85,8 +96,7 @@ fn pulls_an_image_and_two_pods_share_one_pull() {
     node.write_manifest("ab.yaml", &yaml).unwrap();
     for name in ["a", "b"] {
         let p = node.wait_pod(name, "running", T, running);
-        let log = std::fs::read_to_string(node.log_file(&p, "app", 0)).unwrap_or_default();
-        assert!(log.contains("from-the-registry"), "pod {name} log: {log}");
+        assert_log(&node, &p, "from-the-registry");
     }
     let own_layer = img.layers.last().unwrap();
     let ev = node.events();
@@ -146,8 +156,7 @@ fn bearer_token_registry_needs_credentials() {
         serde_json::json!({ format!("http://{}/v2/", reg.host()): {"auth": auth} }),
     );
     let p = node.wait_pod("p", "running", T, running);
-    let log = std::fs::read_to_string(node.log_file(&p, "app", 0)).unwrap_or_default();
-    assert!(log.contains("private-bits"), "{log}");
+    assert_log(&node, &p, "private-bits");
     assert!(reg.requests().iter().any(|r| r.starts_with("GET /token")), "{:#?}", reg.requests());
 }
 
@@ -207,8 +216,7 @@ fn a_download_cut_mid_blob_is_retried_and_leaves_no_image() {
     assert!(cut_gets >= 1);
     reg.cut(&layer, false);
     let p = node.wait_pod("f", "running", T, running);
-    let log = std::fs::read_to_string(node.log_file(&p, "app", 0)).unwrap_or_default();
-    assert!(log.contains("whole-layer"), "{log}");
+    assert_log(&node, &p, "whole-layer");
     assert!(reg.blob_gets(&layer) > cut_gets, "the layer was fetched again");
 }
 
