@@ -64,6 +64,8 @@ pub struct Config {
     pub node_status_update: Duration,
     pub node_status_report: Duration,
     pub node_lease_renew: Duration,
+    /// Registry credentials and insecure hosts (`crate::images::auth::RegistryConfig`).
+    pub registry_config: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +157,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         orphan_grace: cfg.orphan_grace,
         oom_score_floor: podworker::oom_floor(),
         teardown_retry: Duration::from_millis(500),
+        registry_config: cfg.registry_config.clone(),
     };
     if let Some(f) = mcfg.oom_score_floor {
         warn!(

@@ -14,6 +14,7 @@ pub mod cni;
 pub mod daemon;
 pub mod events;
 pub mod events_api;
+pub mod images;
 pub mod manifest;
 pub mod netns;
 pub mod network;

@@ -67,6 +67,9 @@ struct RunArgs {
     /// OCI image archives to import at start (every *.tar in the directory).
     #[arg(long)]
     image_dir: Option<PathBuf>,
+    /// Registry credentials (docker config JSON `auths`) and `insecureRegistries`; re-read on every pull.
+    #[arg(long)]
+    registry_config: Option<PathBuf>,
     #[arg(long, default_value = "keelson.local/pause:latest")]
     pause_image: String,
     #[arg(long, default_value = "/etc/cni/net.d")]
@@ -206,6 +209,7 @@ fn config(a: RunArgs) -> anyhow::Result<daemon::Config> {
         node_status_update: a.node_status_update_frequency,
         node_status_report: a.node_status_report_frequency,
         node_lease_renew: a.node_lease_renew,
+        registry_config: a.registry_config,
     })
 }
 
