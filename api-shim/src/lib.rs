@@ -265,7 +265,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         let ca_pem = std::fs::read_to_string(&pki.ca_cert)
             .map_err(|e| RunError::ControllerClient(format!("{}: {e}", pki.ca_cert.display())))?;
         let client = controller_client(local, &ca_pem, &controller_token).await?;
-        let opts = keelson_controllers::Opts { selection, ..Default::default() };
+        let opts = keelson_controllers::Opts { selection, root_ca: Some(ca_pem.clone()), ..Default::default() };
         // Started before serving: they retry discovery until the listener below answers.
         tokio::spawn(async move {
             if let Err(e) = keelson_controllers::run(client, opts).await {

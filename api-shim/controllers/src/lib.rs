@@ -12,10 +12,15 @@
 //! (namespace content cleanup and finalization). [`run`] starts the enabled set; which one runs
 //! is chosen with upstream's `--controllers` syntax ([`Selection`]).
 
+pub mod endpoints;
+pub mod endpointslice;
 pub mod gc;
+pub mod job;
 pub mod kinds;
 pub mod namespace;
 pub mod object;
+pub mod rootca;
+pub mod serviceaccount;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,12 +30,21 @@ use kube::Client;
 use crate::kinds::Kinds;
 
 /// The controllers this crate provides, by their upstream `--controllers` names.
-pub const CONTROLLERS: &[&str] = &["garbagecollector", "namespace"];
+pub const CONTROLLERS: &[&str] = &[
+    "garbagecollector",
+    "namespace",
+    "endpointslice",
+    "endpointslicemirroring",
+    "endpoint",
+    "serviceaccount",
+    "root-ca-cert-publisher",
+];
 
 /// Short names accepted for convenience.
 fn canonical(name: &str) -> &str {
     match name {
         "gc" | "garbage-collector" => "garbagecollector",
+        "endpoints" => "endpoint",
         other => other,
     }
 }
@@ -95,11 +109,22 @@ pub struct Opts {
     pub gc: gc::GcOpts,
     /// How often the namespace controller looks at every namespace again.
     pub namespace_resync: Duration,
+    /// The cluster CA (PEM) the `root-ca-cert-publisher` puts in every namespace's
+    /// `kube-root-ca.crt` ConfigMap; `None` leaves that controller idle.
+    pub root_ca: Option<String>,
+    /// Settings of the Job controller (the pod-failure backoff).
+    pub job: job::Opts,
 }
 
 impl Default for Opts {
     fn default() -> Self {
-        Opts { selection: Selection::all(), gc: gc::GcOpts::default(), namespace_resync: Duration::from_secs(300) }
+        Opts {
+            selection: Selection::all(),
+            gc: gc::GcOpts::default(),
+            namespace_resync: Duration::from_secs(300),
+            root_ca: None,
+            job: job::Opts::default(),
+        }
     }
 }
 
@@ -129,6 +154,12 @@ pub async fn run(client: Client, opts: Opts) -> Result<(), Error> {
                 let r = match name {
                     "garbagecollector" => gc::run(client.clone(), kinds.clone(), opts.gc.clone()).await,
                     "namespace" => namespace::run(client.clone(), kinds.clone(), opts.namespace_resync).await,
+                    "endpointslice" => endpointslice::run(client.clone()).await,
+                    "endpointslicemirroring" => endpointslice::mirror::run(client.clone()).await,
+                    "endpoint" => endpoints::run(client.clone()).await,
+                    "serviceaccount" => serviceaccount::run(client.clone()).await,
+                    "job" => job::run(client.clone(), opts.job.clone()).await,
+                    "root-ca-cert-publisher" => rootca::run(client.clone(), opts.root_ca.clone()).await,
                     _ => Ok(()),
                 };
                 if let Err(e) = r {
@@ -151,11 +182,13 @@ mod tests {
     fn selection_follows_upstreams_controllers_flag() {
         let none: &[&str] = &[];
         let p = |c: &[&str], d: &[&str]| Selection::parse(c, d).map(|s| s.enabled);
-        assert_eq!(p(&["*"], none).unwrap(), vec!["garbagecollector", "namespace"]);
-        assert_eq!(p(&["*", "-gc"], none).unwrap(), vec!["namespace"]);
+        let all_but = |x: &str| CONTROLLERS.iter().copied().filter(|c| *c != x).collect::<Vec<_>>();
+        assert_eq!(p(&["*"], none).unwrap(), CONTROLLERS.to_vec());
+        assert_eq!(p(&["*", "-gc"], none).unwrap(), all_but("garbagecollector"));
         assert_eq!(p(&["namespace"], none).unwrap(), vec!["namespace"]);
-        assert_eq!(p(&["*"], &["namespace"]).unwrap(), vec!["garbagecollector"]);
-        assert_eq!(p(&["-garbagecollector", "*"], none).unwrap(), vec!["namespace"]);
+        assert_eq!(p(&["*"], &["namespace"]).unwrap(), all_but("namespace"));
+        assert_eq!(p(&["-garbagecollector", "*"], none).unwrap(), all_but("garbagecollector"));
+        assert_eq!(p(&["endpoints"], none).unwrap(), vec!["endpoint"]);
         assert_eq!(p(none, none).unwrap(), Vec::<&str>::new());
         assert!(matches!(p(&["*", "-nope"], none), Err(Error::UnknownController(n)) if n == "nope"));
         assert!(Selection::parse(&["*"], none).unwrap().is_enabled("gc"));
