@@ -38,6 +38,7 @@ pub const CONTROLLERS: &[&str] = &[
     "endpoint",
     "serviceaccount",
     "root-ca-cert-publisher",
+    "job",
 ];
 
 /// Short names accepted for convenience.

@@ -104,7 +104,7 @@ pub async fn run(client: Client) -> Result<(), Error> {
     let ctx = Arc::new(Ctx { client, failures: Mutex::new(HashMap::new()) });
     let managed = watcher::Config::default().labels(&format!("{}={CONTROLLER}", plan::MANAGED_BY));
     Controller::new(endpoints, watcher::Config::default())
-        .owns(slices, managed)
+        .watches(slices, managed, |s: EndpointSlice| super::owner_ref(&s.metadata, "Endpoints"))
         // A Service gaining or losing its selector changes who owns the slices.
         .watches(services, watcher::Config::default(), |s: Service| {
             Some(ObjectRef::<Endpoints>::new(&s.name_any()).within(&s.namespace().unwrap_or_default()))

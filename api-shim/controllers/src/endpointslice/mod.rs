@@ -47,7 +47,9 @@ pub async fn run(client: Client) -> Result<(), Error> {
     let cache = controller.store();
     let managed = watcher::Config::default().labels(&format!("{}={}", plan::MANAGED_BY, plan::CONTROLLER));
     controller
-        .owns(slices, managed)
+        // Full-object watches mapped through the controller reference (`owns` would use a
+        // metadata-only watch, which not every server serves).
+        .watches(slices, managed, |s: EndpointSlice| owner_ref(&s.metadata, "Service"))
         .watches(pods, watcher::Config::default(), move |pod: Pod| {
             let ns = pod.metadata.namespace.clone();
             cache
@@ -69,6 +71,15 @@ pub async fn run(client: Client) -> Result<(), Error> {
         })
         .await;
     Ok(())
+}
+
+/// The object named by `meta`'s controller reference, if it is of kind `kind` (v1).
+pub(crate) fn owner_ref<K>(meta: &kube::api::ObjectMeta, kind: &str) -> Option<ObjectRef<K>>
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    let o = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true) && o.kind == kind)?;
+    Some(ObjectRef::new(&o.name).within(meta.namespace.as_deref()?))
 }
 
 /// The owner reference of a Service's slices.

@@ -43,7 +43,11 @@ pub async fn run(client: Client, opts: Opts) -> Result<(), Error> {
     let pods: Api<Pod> = Api::all(client.clone());
     let ctx = Arc::new(Ctx { client, opts, failures: Mutex::new(HashMap::new()) });
     Controller::new(jobs, watcher::Config::default())
-        .owns(pods, watcher::Config::default().labels("batch.kubernetes.io/controller-uid"))
+        // A full-object watch mapped through the controller reference (`owns` would use a
+        // metadata-only watch, which not every server serves).
+        .watches(pods, watcher::Config::default().labels("batch.kubernetes.io/controller-uid"), |p: Pod| {
+            crate::endpointslice::owner_ref(&p.metadata, "Job")
+        })
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
