@@ -135,11 +135,9 @@ async fn wait_pod(api: &Api<Pod>, job: &str, n: usize) -> String {
     let end = Instant::now() + Duration::from_secs(30);
     loop {
         let ps = job_pods(api, job).await;
-        if ps.len() >= n {
-            if let Some(p) = ps.iter().find(|p| running(p)) {
-                assert_eq!(ps.len(), n, "more pods than expected");
-                return p.name_any();
-            }
+        if let Some(p) = ps.iter().find(|p| running(p)).filter(|_| ps.len() >= n) {
+            assert_eq!(ps.len(), n, "more pods than expected");
+            return p.name_any();
         }
         assert!(Instant::now() < end, "no pod {n} of {job}");
         tokio::time::sleep(Duration::from_millis(100)).await;
