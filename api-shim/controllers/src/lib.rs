@@ -10,10 +10,14 @@
 //! so a restart of anything resumes the work from what is stored. One module per controller:
 //! [`gc`] (ownerReferences: background, foreground and orphan propagation) and [`namespace`]
 //! (namespace content cleanup and finalization), [`replicaset`] (ReplicaSets and
-//! ReplicationControllers), [`deployment`] (rollouts over ReplicaSets), [`endpointslice`] (with
-//! its mirroring controller) and [`endpoints`] (Service endpoints), [`serviceaccount`] and
-//! [`rootca`] (per-namespace defaults) and [`job`]. [`run`] starts the enabled set; which one runs
-//! is chosen with upstream's `--controllers` syntax ([`Selection`]).
+//! ReplicationControllers), [`deployment`] (rollouts over ReplicaSets), [`nodelifecycle`]
+//! (Lease expiry → Unknown, NoExecute taints, taint-based eviction) and [`nodeipam`] (a pod CIDR
+//! per node), [`endpointslice`] (with its mirroring controller) and [`endpoints`],
+//! [`serviceaccount`] and [`rootca`] (per-namespace defaults) and [`job`]. [`run`] starts the enabled set; which one runs is chosen with upstream's
+//! `--controllers` syntax ([`Selection`]). With [`Opts::leader`] set, the set runs only while this
+//! process holds the `kube-system/kube-controller-manager` Lease ([`leader`]), so several API
+//! servers on one etcd have one active set; losing the Lease stops (drops) every controller task
+//! at once.
 
 pub mod deployment;
 pub mod endpoints;
@@ -22,7 +26,10 @@ pub mod events;
 pub mod gc;
 pub mod job;
 pub mod kinds;
+pub mod leader;
 pub mod namespace;
+pub mod nodeipam;
+pub mod nodelifecycle;
 pub mod object;
 pub mod replicaset;
 pub mod rootca;
@@ -42,6 +49,8 @@ pub const CONTROLLERS: &[&str] = &[
     "replicaset",
     "replicationcontroller",
     "deployment",
+    "nodelifecycle",
+    "nodeipam",
     "endpointslice",
     "endpointslicemirroring",
     "endpoint",
@@ -69,6 +78,8 @@ pub enum Error {
     Invalid(String),
     #[error("a watch store was dropped before it synced")]
     StoreClosed,
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("kube: {0}")]
     Kube(#[from] kube::Error),
 }
@@ -121,6 +132,10 @@ pub struct Opts {
     pub gc: gc::GcOpts,
     /// How often the namespace controller looks at every namespace again.
     pub namespace_resync: Duration,
+    pub node_lifecycle: nodelifecycle::LifecycleOpts,
+    pub node_ipam: nodeipam::IpamOpts,
+    /// Leader election; `None` runs the controllers unconditionally (`--leader-elect=false`).
+    pub leader: Option<leader::LeaderOpts>,
     /// The cluster CA (PEM) the `root-ca-cert-publisher` puts in every namespace's
     /// `kube-root-ca.crt` ConfigMap; `None` leaves that controller idle.
     pub root_ca: Option<String>,
@@ -134,18 +149,40 @@ impl Default for Opts {
             selection: Selection::all(),
             gc: gc::GcOpts::default(),
             namespace_resync: Duration::from_secs(300),
+            node_lifecycle: nodelifecycle::LifecycleOpts::default(),
+            node_ipam: nodeipam::IpamOpts::default(),
+            leader: None,
             root_ca: None,
             job: job::Opts::default(),
         }
     }
 }
 
-/// Discovers the served kinds (retrying until the server answers) and runs the enabled
-/// controllers until one of them stops; each is restarted after an error.
+/// Runs the enabled controllers: always, or (with [`Opts::leader`]) during each term in which
+/// this process holds the Lease, stopping them the moment the Lease is lost.
 pub async fn run(client: Client, opts: Opts) -> Result<(), Error> {
     if opts.selection.enabled.is_empty() {
         return Ok(());
     }
+    let Some(lopts) = opts.leader.clone() else { return run_set(client, opts).await };
+    let (tx, mut leading) = tokio::sync::watch::channel(false);
+    let elector = tokio::spawn(leader::elect(client.clone(), lopts, tx));
+    let _elector = nodeipam::AbortOnDrop(elector);
+    loop {
+        if leading.wait_for(|l| *l).await.is_err() {
+            return Ok(());
+        }
+        tokio::select! {
+            r = run_set(client.clone(), opts.clone()) => r?,
+            _ = leading.wait_for(|l| !*l) => tracing::warn!("leader lease lost: controllers stopped"),
+        }
+    }
+}
+
+/// Discovers the served kinds (retrying until the server answers) and runs the enabled
+/// controllers until one of them stops; each is restarted after an error. Dropping the future
+/// stops them all.
+async fn run_set(client: Client, opts: Opts) -> Result<(), Error> {
     let mut delay = Duration::from_millis(100);
     let kinds = loop {
         match Kinds::discover(&client).await {
@@ -171,6 +208,8 @@ pub async fn run(client: Client, opts: Opts) -> Result<(), Error> {
                         replicaset::run::<k8s_openapi::api::core::v1::ReplicationController>(client.clone()).await
                     }
                     "deployment" => deployment::run(client.clone()).await,
+                    "nodelifecycle" => nodelifecycle::run(client.clone(), opts.node_lifecycle.clone()).await,
+                    "nodeipam" => nodeipam::run(client.clone(), opts.node_ipam.clone()).await,
                     "endpointslice" => endpointslice::run(client.clone()).await,
                     "endpointslicemirroring" => endpointslice::mirror::run(client.clone()).await,
                     "endpoint" => endpoints::run(client.clone()).await,
@@ -204,6 +243,7 @@ mod tests {
         assert_eq!(p(&["namespace"], none).unwrap(), vec!["namespace"]);
         assert!(!p(&["*"], &["namespace"]).unwrap().contains(&"namespace"));
         assert_eq!(p(&["-garbagecollector", "*"], none).unwrap(), CONTROLLERS[1..].to_vec());
+        assert!(!p(&["-garbagecollector", "*", "-nodeipam"], none).unwrap().contains(&"nodeipam"));
         assert_eq!(p(&["endpoints"], none).unwrap(), vec!["endpoint"]);
         assert_eq!(p(none, none).unwrap(), Vec::<&str>::new());
         assert!(matches!(p(&["*", "-nope"], none), Err(Error::UnknownController(n)) if n == "nope"));
