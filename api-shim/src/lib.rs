@@ -299,6 +299,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         });
         let opts = keelson_controllers::Opts {
             selection,
+            root_ca: Some(ca_pem.clone()),
             node_lifecycle: keelson_controllers::nodelifecycle::LifecycleOpts {
                 monitor_period: cfg.node_monitor_period,
                 grace_period: cfg.node_monitor_grace_period,

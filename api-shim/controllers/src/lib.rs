@@ -12,15 +12,19 @@
 //! (namespace content cleanup and finalization), [`replicaset`] (ReplicaSets and
 //! ReplicationControllers), [`deployment`] (rollouts over ReplicaSets), [`nodelifecycle`]
 //! (Lease expiry → Unknown, NoExecute taints, taint-based eviction) and [`nodeipam`] (a pod CIDR
-//! per node). [`run`] starts the enabled set; which one runs is chosen with upstream's
+//! per node), [`endpointslice`] (with its mirroring controller) and [`endpoints`],
+//! [`serviceaccount`] and [`rootca`] (per-namespace defaults) and [`job`]. [`run`] starts the enabled set; which one runs is chosen with upstream's
 //! `--controllers` syntax ([`Selection`]). With [`Opts::leader`] set, the set runs only while this
 //! process holds the `kube-system/kube-controller-manager` Lease ([`leader`]), so several API
 //! servers on one etcd have one active set; losing the Lease stops (drops) every controller task
 //! at once.
 
 pub mod deployment;
+pub mod endpoints;
+pub mod endpointslice;
 pub mod events;
 pub mod gc;
+pub mod job;
 pub mod kinds;
 pub mod leader;
 pub mod namespace;
@@ -28,6 +32,8 @@ pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod object;
 pub mod replicaset;
+pub mod rootca;
+pub mod serviceaccount;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,12 +51,19 @@ pub const CONTROLLERS: &[&str] = &[
     "deployment",
     "nodelifecycle",
     "nodeipam",
+    "endpointslice",
+    "endpointslicemirroring",
+    "endpoint",
+    "serviceaccount",
+    "root-ca-cert-publisher",
+    "job",
 ];
 
 /// Short names accepted for convenience.
 fn canonical(name: &str) -> &str {
     match name {
         "gc" | "garbage-collector" => "garbagecollector",
+        "endpoints" => "endpoint",
         other => other,
     }
 }
@@ -123,6 +136,11 @@ pub struct Opts {
     pub node_ipam: nodeipam::IpamOpts,
     /// Leader election; `None` runs the controllers unconditionally (`--leader-elect=false`).
     pub leader: Option<leader::LeaderOpts>,
+    /// The cluster CA (PEM) the `root-ca-cert-publisher` puts in every namespace's
+    /// `kube-root-ca.crt` ConfigMap; `None` leaves that controller idle.
+    pub root_ca: Option<String>,
+    /// Settings of the Job controller (the pod-failure backoff).
+    pub job: job::Opts,
 }
 
 impl Default for Opts {
@@ -134,6 +152,8 @@ impl Default for Opts {
             node_lifecycle: nodelifecycle::LifecycleOpts::default(),
             node_ipam: nodeipam::IpamOpts::default(),
             leader: None,
+            root_ca: None,
+            job: job::Opts::default(),
         }
     }
 }
@@ -190,6 +210,12 @@ async fn run_set(client: Client, opts: Opts) -> Result<(), Error> {
                     "deployment" => deployment::run(client.clone()).await,
                     "nodelifecycle" => nodelifecycle::run(client.clone(), opts.node_lifecycle.clone()).await,
                     "nodeipam" => nodeipam::run(client.clone(), opts.node_ipam.clone()).await,
+                    "endpointslice" => endpointslice::run(client.clone()).await,
+                    "endpointslicemirroring" => endpointslice::mirror::run(client.clone()).await,
+                    "endpoint" => endpoints::run(client.clone()).await,
+                    "serviceaccount" => serviceaccount::run(client.clone()).await,
+                    "job" => job::run(client.clone(), opts.job.clone()).await,
+                    "root-ca-cert-publisher" => rootca::run(client.clone(), opts.root_ca.clone()).await,
                     _ => Ok(()),
                 };
                 if let Err(e) = r {
@@ -218,6 +244,7 @@ mod tests {
         assert!(!p(&["*"], &["namespace"]).unwrap().contains(&"namespace"));
         assert_eq!(p(&["-garbagecollector", "*"], none).unwrap(), CONTROLLERS[1..].to_vec());
         assert!(!p(&["-garbagecollector", "*", "-nodeipam"], none).unwrap().contains(&"nodeipam"));
+        assert_eq!(p(&["endpoints"], none).unwrap(), vec!["endpoint"]);
         assert_eq!(p(none, none).unwrap(), Vec::<&str>::new());
         assert!(matches!(p(&["*", "-nope"], none), Err(Error::UnknownController(n)) if n == "nope"));
         assert!(Selection::parse(&["*"], none).unwrap().is_enabled("gc"));

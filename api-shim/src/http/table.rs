@@ -189,6 +189,13 @@ pub fn columns(kind: &str) -> Vec<Value> {
         ],
         "ServiceAccount" => vec![name, col("Secrets", "string", 0, "Number of secrets"), age],
         "Endpoints" => vec![name, col("Endpoints", "string", 0, "Endpoints of the service"), age],
+        "EndpointSlice" => vec![
+            name,
+            col("AddressType", "string", 0, "Type of address held in the EndpointSlice"),
+            col("Ports", "string", 0, "Ports of the EndpointSlice"),
+            col("Endpoints", "string", 0, "Endpoints of the EndpointSlice"),
+            age,
+        ],
         "DaemonSet" => vec![
             name,
             col("Desired", "integer", 0, ""),
@@ -443,6 +450,32 @@ pub fn cells(kind: &str, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
                 }
             }
             vec![name, json!(join_or_none(eps)), json!(created)]
+        }
+        "EndpointSlice" => {
+            // As upstream prints them: port numbers, then the first three addresses.
+            let ports: Vec<String> = obj
+                .get("ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|p| i(p, "/port").to_string())
+                .collect();
+            let addrs: Vec<&str> = obj
+                .get("endpoints")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .flat_map(|e| {
+                    e.get("addresses").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str)
+                })
+                .collect();
+            let shown = match addrs.len() {
+                0 => "<unset>".to_string(),
+                n if n > 3 => format!("{} + {} more...", addrs[..3].join(","), n - 3),
+                _ => addrs.join(","),
+            };
+            let ports = if ports.is_empty() { "<unset>".to_string() } else { ports.join(",") };
+            vec![name, json!(s(obj, "/addressType")), json!(ports), json!(shown), json!(created)]
         }
         "DaemonSet" => vec![
             name,

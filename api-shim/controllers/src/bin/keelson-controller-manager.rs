@@ -17,6 +17,9 @@ struct Args {
     /// Controllers to turn off (added to the `-name` entries of --controllers).
     #[arg(long, value_delimiter = ',')]
     disable_controllers: Vec<String>,
+    /// The cluster CA (PEM) to publish as `kube-root-ca.crt` in every namespace.
+    #[arg(long)]
+    root_ca_file: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -30,6 +33,7 @@ async fn main() -> anyhow::Result<()> {
     let kc = kube::config::Kubeconfig::read_from(&a.kubeconfig)?;
     let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
     let client = kube::Client::try_from(cfg)?;
-    keelson_controllers::run(client, Opts { selection, ..Default::default() }).await?;
+    let root_ca = a.root_ca_file.map(std::fs::read_to_string).transpose()?;
+    keelson_controllers::run(client, Opts { selection, root_ca, ..Default::default() }).await?;
     Ok(())
 }
