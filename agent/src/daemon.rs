@@ -48,6 +48,8 @@ pub struct Config {
     pub pids_limit: Option<i64>,
     /// How often the orphan sweep runs (it also runs after the first sync).
     pub gc_period: Duration,
+    /// TLS bootstrap against an API server (`--server`, `--token`, …); `None`: no API server.
+    pub bootstrap: Option<crate::bootstrap::Config>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +69,8 @@ pub enum DaemonError {
     },
     #[error("log driver {0} not found (build keelson-logger or pass --logger)")]
     NoLogger(PathBuf),
+    #[error("joining the API server: {0}")]
+    Bootstrap(#[from] crate::bootstrap::BootstrapError),
 }
 
 /// The forced resync period of the manager even when no source changed.
@@ -83,6 +87,11 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         .unwrap_or_else(|| "127.0.0.1".into());
     let memory_capacity = facts.as_ref().map_or(8 << 30, |f| i64::try_from(f.memory_bytes).unwrap_or(i64::MAX));
     info!(node = %cfg.node_name, %host_ip, "keelson-agent starting");
+    // The node's credentials (and their rotation) before any API client starts.
+    if let Some(b) = cfg.bootstrap.clone() {
+        let kubeconfig = crate::bootstrap::ensure(b).await?;
+        info!(kubeconfig = %kubeconfig.display(), "node credentials ready");
+    }
     std::fs::create_dir_all(&cfg.run_dir).map_err(|source| DaemonError::Io {
         what: "create run dir",
         path: cfg.run_dir.clone(),

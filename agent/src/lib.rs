@@ -7,6 +7,7 @@
 //! publishing through [`status::StatusSink`] and [`events::EventSink`]. Each seam has a real
 //! implementation and a fake behind `test-helpers`.
 
+pub mod bootstrap;
 pub mod cgroups;
 pub mod cni;
 pub mod daemon;

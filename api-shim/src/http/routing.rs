@@ -173,7 +173,11 @@ impl Server {
                 let w = wants(&headers, &q)?;
                 let body = read_body(body).await?;
                 let opts = write_opts(&q, &headers)?;
-                let (obj, mut warnings) = decode_object(&content_type(&headers), &body, opts.field_validation)?;
+                let (mut obj, mut warnings) = decode_object(&content_type(&headers), &body, opts.field_validation)?;
+                if let (crate::registry::certificates::GROUP, Some(u)) = (res.group, parts.extensions.get::<UserInfo>())
+                {
+                    crate::registry::certificates::set_requester(&mut obj, u);
+                }
                 let (obj, w2) = api.create(res, ns, obj, &opts).await?;
                 warnings.extend(w2);
                 Ok(render_one(res, &obj, w, StatusCode::CREATED, &warnings))

@@ -18,6 +18,7 @@
 //! never uses the HTTP layer above it.
 
 pub mod apply;
+pub mod certificates;
 pub mod delete;
 pub mod encode;
 pub mod rbac;

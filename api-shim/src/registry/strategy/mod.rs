@@ -187,6 +187,7 @@ pub struct Strategies {
     namespace: NamespaceStrategy,
     job: JobStrategy,
     rbac: RbacStrategy,
+    csr: super::certificates::CsrStrategy,
     generic: Generic,
 }
 
@@ -198,6 +199,7 @@ impl Strategies {
             namespace: NamespaceStrategy,
             job: JobStrategy,
             rbac: RbacStrategy,
+            csr: super::certificates::CsrStrategy,
             generic: Generic,
         }
     }
@@ -209,6 +211,7 @@ impl Strategies {
             ("", "Namespace") => &self.namespace,
             ("batch", "Job") => &self.job,
             (objects::RBAC_GROUP, _) => &self.rbac,
+            (super::certificates::GROUP, _) => &self.csr,
             _ => &self.generic,
         }
     }
