@@ -289,8 +289,14 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             }
         });
     }
-    let server =
-        Arc::new(http::server::Server { api, tokens, server_address: format!("{advertise}:{}", local.port()), authz });
+    let node_authz = registry::rbac::node::NodeAuthorizer::new(api.clone());
+    let server = Arc::new(http::server::Server {
+        api,
+        tokens,
+        server_address: format!("{advertise}:{}", local.port()),
+        authz,
+        node_authz,
+    });
     tracing::info!(%local, kubeconfig = %pki.admin_kubeconfig.display(), "keelson-apiserver listening");
     println!("keelson-apiserver listening on https://{local} kubeconfig={}", pki.admin_kubeconfig.display());
     http::server::serve(server, listener, tls_cfg).await.map_err(RunError::Serve)

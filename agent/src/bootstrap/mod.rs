@@ -109,12 +109,14 @@ fn write_private(path: &Path, data: &str) -> Result<(), BootstrapError> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
-/// The certificate of an existing kubeconfig, if it is still valid for at least a minute.
+/// The certificate of an existing kubeconfig, if it is still valid for a while (a minute, or a
+/// tenth of its life if that is shorter).
 fn current(paths: &Paths) -> Option<(String, pki::Validity)> {
     let text = std::fs::read_to_string(&paths.kubeconfig).ok()?;
     let cert = pki::embedded_cert(&text)?;
     let v = pki::Validity::of(&cert).ok()?;
-    (v.not_after > now() + 60 && v.not_before <= now() + 300).then_some((cert, v))
+    let margin = 60.min((v.not_after - v.not_before) / 10);
+    (v.not_after > now() + margin && v.not_before <= now() + 300).then_some((cert, v))
 }
 
 async fn client_from(yaml: &str) -> Result<kube::Client, BootstrapError> {

@@ -87,7 +87,7 @@ impl Validity {
     /// the point), as kubelet's certificate manager does, so that many nodes do not renew at once.
     pub fn rotation_deadline(&self, jitter: f64) -> i64 {
         let life = (self.not_after - self.not_before).max(0) as f64;
-        self.not_before + (life * (0.7 + 0.2 * jitter.clamp(0.0, 1.0))) as i64
+        self.not_before + (life * (0.7 + 0.2 * jitter.clamp(0.0, 1.0))).round() as i64
     }
 }
 

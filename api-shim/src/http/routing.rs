@@ -120,6 +120,8 @@ impl Server {
                 authz.admit(&u, r, new, old)
             }))
         });
+        // Nodes write only their own objects (NodeRestriction).
+        let admit = admit.or_else(|| crate::registry::node_restriction::admission(parts.extensions.get::<UserInfo>()));
         let write_opts = |q: &HashMap<String, String>, h: &HeaderMap| -> Result<WriteOpts, ApiError> {
             Ok(WriteOpts { admit: admit.clone(), ..write_opts(q, h)? })
         };

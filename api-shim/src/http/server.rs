@@ -31,6 +31,8 @@ pub struct Server {
     pub server_address: String,
     /// RBAC decisions (see [`crate::registry::rbac`]).
     pub authz: Arc<crate::registry::rbac::Authorizer>,
+    /// The Node authorizer, asked before RBAC (`--authorization-mode=Node,RBAC`).
+    pub node_authz: crate::registry::rbac::node::NodeAuthorizer,
 }
 
 impl Server {
@@ -74,9 +76,20 @@ impl Server {
             None => (crate::registry::rbac::authz::ANONYMOUS, &anonymous),
         };
         let attrs = super::request_info::request_attributes(name, groups, method.as_str(), &path, &q);
-        if !self.authz.authorize(&attrs).allowed {
+        use crate::registry::rbac::node::NodeDecision;
+        let node = self.node_authz.authorize(&attrs).await;
+        if node != NodeDecision::Allow && !self.authz.authorize(&attrs).allowed {
             tracing::debug!(user = name, verb = attrs.verb, path, "forbidden");
-            return error_response(&attrs.forbidden());
+            let err = match node {
+                NodeDecision::NoOpinion(Some(why)) => crate::registry::rbac::authz::forbidden(
+                    &attrs.api_group,
+                    &attrs.resource,
+                    &attrs.name,
+                    &format!("{}: {why}", attrs.forbidden_reason()),
+                ),
+                _ => attrs.forbidden(),
+            };
+            return error_response(&err);
         }
         if let Some(u) = &user {
             req.extensions_mut().insert(u.clone());

@@ -21,6 +21,7 @@ pub mod apply;
 pub mod certificates;
 pub mod delete;
 pub mod encode;
+pub mod node_restriction;
 pub mod rbac;
 pub mod read;
 pub mod strategy;

@@ -3,8 +3,8 @@
 //!
 //! The certificate keeps the request's subject and public key, takes its key usages from
 //! `spec.usages`, and lives `--cluster-signing-duration` (or the shorter
-//! `spec.expirationSeconds`), backdated five minutes for clock skew as upstream does, and never
-//! past the CA's own expiry.
+//! `spec.expirationSeconds`), backdated five minutes for clock skew as upstream does (a tenth of
+//! the life for short ones), and never past the CA's own expiry.
 
 use std::time::Duration;
 
@@ -70,7 +70,10 @@ impl Signer {
         let p = &mut req.params;
         p.subject_alt_names.clear();
         p.is_ca = IsCa::ExplicitNoCa;
-        p.not_before = now - time::Duration::minutes(5);
+        // Backdated for clock skew: five minutes as upstream, but at most a tenth of the life, so
+        // that a short-lived certificate's 70–90 % rotation point is still ahead of its issue.
+        let backdate = time::Duration::minutes(5).min(time::Duration::seconds_f64(life.as_secs_f64() / 10.0));
+        p.not_before = now - backdate;
         p.not_after =
             (now + time::Duration::try_from(life).map_err(|e| SignError::Rcgen(e.to_string()))?).min(self.ca_not_after);
         p.key_usages = usages
@@ -123,7 +126,7 @@ mod tests {
         c["spec"]["expirationSeconds"] = serde_json::json!(600);
         let (_, pem) = x509_parser::pem::parse_x509_pem(signer.sign(&c, now).unwrap().as_bytes()).unwrap();
         let v = pem.parse_x509().unwrap().validity().clone();
-        assert_eq!(v.not_after.timestamp() - v.not_before.timestamp(), 900);
+        assert_eq!(v.not_after.timestamp() - v.not_before.timestamp(), 660);
         let bad = csr("alice", &["system:nodes"], KUBELET_CLIENT, &["client auth"]);
         assert!(matches!(signer.sign(&bad, now), Err(SignError::Invalid(_))));
         let serving = csr("system:node:a", &["system:nodes"], "kubernetes.io/kubelet-serving", &["server auth"]);

@@ -7,6 +7,7 @@
 //! apiservers sharing one etcd, and rebuilds itself after a restart or a 410 Gone by listing again.
 
 pub mod authz;
+pub mod node;
 mod review;
 
 pub use self::review::{is_review, review};
