@@ -162,9 +162,7 @@ async fn a_node_joins_with_a_bootstrap_token_and_rotates_its_certificate() {
 
     // An expired token is refused (401), and so is its bootstrap.
     let expired = "abcdef.0123456789abcdef";
-    let secret = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: bootstrap-token-abcdef\n  namespace: kube-system\ntype: bootstrap.kubernetes.io/token\nstringData:\n  token-id: abcdef\n  token-secret: 0123456789abcdef\n  usage-bootstrap-authentication: \"true\"\n  expiration: \"2020-01-01T00:00:00Z\"\n"
-    );
+    let secret = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: bootstrap-token-abcdef\n  namespace: kube-system\ntype: bootstrap.kubernetes.io/token\nstringData:\n  token-id: abcdef\n  token-secret: 0123456789abcdef\n  usage-bootstrap-authentication: \"true\"\n  expiration: \"2020-01-01T00:00:00Z\"\n";
     let file = dir.path().join("expired.yaml");
     std::fs::write(&file, secret).unwrap();
     ok(kubectl("1.33", &admin, &home, &["apply", "-f", file.to_str().unwrap()]));

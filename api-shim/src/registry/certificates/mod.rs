@@ -136,7 +136,7 @@ fn validate_spec(csr: &Value, causes: &mut Vec<Cause>) {
     }
     for (i, usage) in u.iter().enumerate() {
         if !USAGES.contains(usage) {
-            causes.push(Cause::unsupported(format!("spec.usages[{i}]"), *usage, USAGES));
+            causes.push(Cause::unsupported(format!("spec.usages[{i}]"), usage, USAGES));
         }
     }
     if let Some(s) = csr.pointer("/spec/expirationSeconds").and_then(Value::as_i64)

@@ -208,7 +208,7 @@ impl NodeAuthorizer {
                 };
                 let related = items.iter().any(|p| {
                     p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node)
-                        && references(p, kind).iter().any(|n| *n == name)
+                        && references(p, kind).contains(&name)
                 });
                 if related { NodeDecision::Allow } else { no_relation() }
             }
