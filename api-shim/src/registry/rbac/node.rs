@@ -290,7 +290,7 @@ mod tests {
                 {"name": "B", "valueFrom": {"configMapKeyRef": {"name": "env-cm", "key": "k"}}},
             ], "envFrom": [{"configMapRef": {"name": "from-cm"}}]}],
         }});
-        assert_eq!(references(&pod, RefKind::Secret), ["vol-secret", "proj-secret", "init-env", "env-secret", "pull"]);
+        assert_eq!(references(&pod, RefKind::Secret), ["vol-secret", "proj-secret", "env-secret", "init-env", "pull"]);
         assert_eq!(references(&pod, RefKind::ConfigMap), ["vol-cm", "proj-cm", "env-cm", "from-cm"]);
         assert_eq!(references(&pod, RefKind::Pvc), ["claim", "p-v5"]);
         assert_eq!(references(&pod, RefKind::ServiceAccount), ["sa"]);
