@@ -50,6 +50,8 @@ pub struct Config {
     pub gc_period: Duration,
     /// TLS bootstrap against an API server (`--server`, `--token`, …); `None`: no API server.
     pub bootstrap: Option<crate::bootstrap::Config>,
+    /// Registry credentials and insecure hosts (`crate::images::auth::RegistryConfig`).
+    pub registry_config: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +125,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         orphan_grace: cfg.orphan_grace,
         oom_score_floor: podworker::oom_floor(),
         teardown_retry: Duration::from_millis(500),
+        registry_config: cfg.registry_config.clone(),
     };
     if let Some(f) = mcfg.oom_score_floor {
         warn!(
