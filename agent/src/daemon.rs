@@ -64,6 +64,8 @@ pub struct Config {
     pub node_status_update: Duration,
     pub node_status_report: Duration,
     pub node_lease_renew: Duration,
+    /// TLS bootstrap against an API server (`--server`, `--token`, …); `None`: no API server.
+    pub bootstrap: Option<crate::bootstrap::Config>,
     /// Registry credentials and insecure hosts (`crate::images::auth::RegistryConfig`).
     pub registry_config: Option<PathBuf>,
 }
@@ -87,6 +89,8 @@ pub enum DaemonError {
     NoLogger(PathBuf),
     #[error(transparent)]
     Client(#[from] crate::apiserver::ClientError),
+    #[error("joining the API server: {0}")]
+    Bootstrap(#[from] crate::bootstrap::BootstrapError),
 }
 
 /// The forced resync period of the manager even when no source changed.
@@ -103,6 +107,14 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         .unwrap_or_else(|| "127.0.0.1".into());
     let memory_capacity = facts.as_ref().map_or(8 << 30, |f| i64::try_from(f.memory_bytes).unwrap_or(i64::MAX));
     info!(node = %cfg.node_name, %host_ip, "keelson-agent starting");
+    // The node's credentials (and their rotation) before any API client starts; an explicit
+    // --kubeconfig wins over the bootstrapped one.
+    let mut kubeconfig = cfg.kubeconfig.clone();
+    if let Some(b) = cfg.bootstrap.clone() {
+        let path = crate::bootstrap::ensure(b).await?;
+        info!(kubeconfig = %path.display(), "node credentials ready");
+        kubeconfig.get_or_insert(path);
+    }
     std::fs::create_dir_all(&cfg.run_dir).map_err(|source| DaemonError::Io {
         what: "create run dir",
         path: cfg.run_dir.clone(),
@@ -116,7 +128,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     if let Some(dir) = &cfg.image_dir {
         import_images(runtime.clone(), dir, images.clone()).await?;
     }
-    let client = match &cfg.kubeconfig {
+    let client = match &kubeconfig {
         Some(path) => Some(crate::apiserver::client(path).await?),
         None => None,
     };

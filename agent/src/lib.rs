@@ -9,6 +9,7 @@
 
 pub mod admit;
 pub mod apiserver;
+pub mod bootstrap;
 pub mod cgroups;
 pub mod cni;
 pub mod daemon;

@@ -119,6 +119,18 @@ struct RunArgs {
     /// How often the node Lease in kube-node-lease is renewed.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     node_lease_renew: Duration,
+    /// API server to join (`https://host:port`); without it the agent runs static pods only.
+    #[arg(long)]
+    server: Option<String>,
+    /// Bootstrap token `<id>.<secret>` (from `keelson-apiserver token create`).
+    #[arg(long, env = "KEELSON_BOOTSTRAP_TOKEN")]
+    token: Option<String>,
+    /// Pin(s) of the cluster CA's public key, `sha256:<hex>` (kubeadm's flag).
+    #[arg(long = "discovery-token-ca-cert-hash")]
+    discovery_token_ca_cert_hash: Vec<String>,
+    /// Where the node's key, certificate and kubelet.kubeconfig are kept.
+    #[arg(long, default_value = "/var/lib/keelson/pki")]
+    cert_dir: PathBuf,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -179,7 +191,7 @@ fn config(a: RunArgs) -> anyhow::Result<daemon::Config> {
         None => std::env::current_exe()?.parent().map(|d| d.join("keelson-logger")).unwrap_or_default(),
     };
     Ok(daemon::Config {
-        node_name,
+        node_name: node_name.clone(),
         node_ip: a.node_ip,
         containerd_socket: a.containerd_socket,
         namespace: a.namespace,
@@ -209,6 +221,14 @@ fn config(a: RunArgs) -> anyhow::Result<daemon::Config> {
         node_status_update: a.node_status_update_frequency,
         node_status_report: a.node_status_report_frequency,
         node_lease_renew: a.node_lease_renew,
+        bootstrap: a.server.map(|server| keelson_agent::bootstrap::Config {
+            server,
+            token: a.token,
+            ca_hashes: a.discovery_token_ca_cert_hash,
+            cert_dir: a.cert_dir,
+            node_name: node_name.clone(),
+            wait: Duration::from_secs(600),
+        }),
         registry_config: a.registry_config,
     })
 }

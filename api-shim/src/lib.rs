@@ -36,7 +36,12 @@
 //! Data directory layout (default `/var/lib/keelson/apiserver`): `state.db` (embedded store),
 //! `ca.crt`, `apiserver.crt`, `admin.crt` + keys, `tokens.csv`, and the kubeconfigs
 //! `admin.kubeconfig` (token) and `admin-cert.kubeconfig` (client certificate).
+//!
+//! Nodes join as kubeadm's do ([`auth`], [`registry::certificates`]): a bootstrap token Secret
+//! (`keelson-apiserver token create --print-join-command`), the CA from `kube-public/cluster-info`
+//! pinned by its hash, a CSR for `system:node:<name>` approved and signed in-process.
 
+pub mod auth;
 pub mod http;
 pub mod registry;
 pub mod storage;
@@ -86,6 +91,8 @@ pub struct Config {
     pub controllers: Vec<String>,
     /// Controllers turned off (`--disable-controllers`).
     pub disable_controllers: Vec<String>,
+    /// Lifetime of certificates the CSR signer issues (`--cluster-signing-duration`).
+    pub cluster_signing_duration: Duration,
     /// Leader election of the in-process controllers: `None` = on with etcd (several servers may
     /// share it), off with SQLite (one server owns the database, and electing would only delay
     /// the controllers by a lease duration after a restart).
@@ -115,6 +122,7 @@ impl Config {
             bookmark_interval: Duration::from_secs(5),
             controllers: vec!["*".into()],
             disable_controllers: Vec::new(),
+            cluster_signing_duration: Duration::from_secs(365 * 24 * 3600),
             leader_elect: None,
             leader_elect_timings: (Duration::from_secs(15), Duration::from_secs(10), Duration::from_secs(2)),
             node_monitor_grace_period: Duration::from_secs(20),
@@ -142,6 +150,8 @@ pub enum RunError {
     Controllers(#[from] keelson_controllers::Error),
     #[error("controller client: {0}")]
     ControllerClient(String),
+    #[error("csr signer: {0}")]
+    Signer(#[from] registry::certificates::signer::SignError),
 }
 
 /// The identity of the in-process controllers (bound in the bootstrap RBAC policy).
@@ -264,6 +274,14 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let authz = Arc::new(registry::rbac::Authorizer::default());
     authz.start(&api);
     authz.wait_synced().await;
+    let ca_pem = std::fs::read_to_string(&pki.ca_cert)
+        .map_err(|e| RunError::ControllerClient(format!("{}: {e}", pki.ca_cert.display())))?;
+    auth::cluster_info::ensure(&api, &server_url, &ca_pem).await?;
+    let ca_key_path = pki.dir.join("ca.key");
+    let ca_key = std::fs::read_to_string(&ca_key_path)
+        .map_err(|e| RunError::ControllerClient(format!("{}: {e}", ca_key_path.display())))?;
+    let signer = registry::certificates::signer::Signer::new(&ca_pem, &ca_key, cfg.cluster_signing_duration)?;
+    registry::certificates::controller::CsrController::new(api.clone(), authz.clone(), signer).start();
 
     // Build the OpenAPI documents now rather than on a client's first request.
     tokio::task::spawn_blocking(|| http::openapi::documents().docs.len());
@@ -286,8 +304,6 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         }
     });
     if !selection.enabled.is_empty() {
-        let ca_pem = std::fs::read_to_string(&pki.ca_cert)
-            .map_err(|e| RunError::ControllerClient(format!("{}: {e}", pki.ca_cert.display())))?;
         let client = controller_client(local, &ca_pem, &controller_token).await?;
         let elect = cfg.leader_elect.unwrap_or(matches!(cfg.backend, Backend::Etcd { .. }));
         let (lease_duration, renew_deadline, retry_period) = cfg.leader_elect_timings;
@@ -319,8 +335,14 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             }
         });
     }
-    let server =
-        Arc::new(http::server::Server { api, tokens, server_address: format!("{advertise}:{}", local.port()), authz });
+    let node_authz = registry::rbac::node::NodeAuthorizer::new(api.clone());
+    let server = Arc::new(http::server::Server {
+        api,
+        tokens,
+        server_address: format!("{advertise}:{}", local.port()),
+        authz,
+        node_authz,
+    });
     tracing::info!(%local, kubeconfig = %pki.admin_kubeconfig.display(), "keelson-apiserver listening");
     println!("keelson-apiserver listening on https://{local} kubeconfig={}", pki.admin_kubeconfig.display());
     http::server::serve(server, listener, tls_cfg).await.map_err(RunError::Serve)

@@ -46,6 +46,7 @@ pub fn visit<V: KindVisitor>(kind: &str, visitor: V) -> Option<V::Output> {
         "SelfSubjectRulesReview" => visitor.visit::<k8s_openapi::api::authorization::v1::SelfSubjectRulesReview>(),
         "SubjectAccessReview" => visitor.visit::<k8s_openapi::api::authorization::v1::SubjectAccessReview>(),
         "SelfSubjectReview" => visitor.visit::<k8s_openapi::api::authentication::v1::SelfSubjectReview>(),
+        "CertificateSigningRequest" => visitor.visit::<k8s_openapi::api::certificates::v1::CertificateSigningRequest>(),
         "Binding" => visitor.visit::<core::v1::Binding>(),
         "Scale" => visitor.visit::<autoscaling::v1::Scale>(),
         "DeleteOptions" => visitor.visit::<meta::v1::DeleteOptions>(),

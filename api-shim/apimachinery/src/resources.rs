@@ -178,14 +178,28 @@ pub static RESOURCES: &[ResourceDef] = &[
         false,
     ),
     r(AUTHN, "v1", "selfsubjectreviews", "selfsubjectreview", "SelfSubjectReview", false, NONE, NONE, NONE, false),
+    r(
+        CERTS,
+        "v1",
+        "certificatesigningrequests",
+        "certificatesigningrequest",
+        "CertificateSigningRequest",
+        false,
+        &["csr"],
+        NONE,
+        &["status", "approval"],
+        false,
+    ),
 ];
 
 const RBAC: &str = "rbac.authorization.k8s.io";
 const AUTHZ: &str = "authorization.k8s.io";
 const AUTHN: &str = "authentication.k8s.io";
+const CERTS: &str = "certificates.k8s.io";
 
 /// Served API groups in discovery order (core group is "").
-pub static GROUPS: &[&str] = &["", "apps", "batch", "discovery.k8s.io", "coordination.k8s.io", RBAC, AUTHZ, AUTHN];
+pub static GROUPS: &[&str] =
+    &["", "apps", "batch", "discovery.k8s.io", "coordination.k8s.io", RBAC, AUTHZ, AUTHN, CERTS];
 
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceDef> {
     RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)

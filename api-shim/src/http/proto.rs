@@ -20,7 +20,7 @@ pub enum ProtoError {
     #[error("unsupported wire type {0}")]
     WireType(u64),
     #[error(
-        "protobuf bodies are accepted only for ConfigMap, Secret, Namespace, ServiceAccount, Deployment, Job, CronJob, RBAC roles and bindings and access reviews with the fields kubectl sets (got {0}); send JSON or YAML"
+        "protobuf bodies are accepted only for ConfigMap, Secret, Namespace, ServiceAccount, Deployment, Job, CronJob, RBAC roles and bindings, access reviews and CertificateSigningRequests with the fields kubectl sets (got {0}); send JSON or YAML"
     )]
     Unsupported(String),
     #[error("invalid UTF-8 in a string field")]
@@ -202,6 +202,10 @@ enum F {
     MapStr,
     MapQuantity,
     IntOrString,
+    /// `bytes`: base64 in JSON.
+    Bytes,
+    /// `meta.v1.Time` { seconds = 1; nanos = 2 }: RFC 3339 in JSON.
+    Time,
     /// Status on create: reset by the server anyway.
     Skip,
 }
@@ -373,6 +377,32 @@ fn schema(msg: &str) -> &'static [(u64, &'static str, F)] {
             (7, "name", F::Str),
         ],
         "NonResourceAttributes" => &[(1, "path", F::Str), (2, "verb", F::Str)],
+        // certificates.k8s.io/v1 (kubectl certificate approve|deny sends the whole CSR).
+        "CertificateSigningRequest" => &[
+            (1, "metadata", F::Msg("ObjectMeta")),
+            (2, "spec", F::Msg("CertificateSigningRequestSpec")),
+            (3, "status", F::Msg("CertificateSigningRequestStatus")),
+        ],
+        "CertificateSigningRequestSpec" => &[
+            (1, "request", F::Bytes),
+            (2, "username", F::Str),
+            (3, "uid", F::Str),
+            (4, "groups", F::RepStr),
+            (5, "usages", F::RepStr),
+            (7, "signerName", F::Str),
+            (8, "expirationSeconds", KEEP),
+        ],
+        "CertificateSigningRequestStatus" => {
+            &[(1, "conditions", F::RepMsg("CertificateSigningRequestCondition")), (2, "certificate", F::Bytes)]
+        }
+        "CertificateSigningRequestCondition" => &[
+            (1, "type", F::Str),
+            (2, "reason", F::Str),
+            (3, "message", F::Str),
+            (4, "lastUpdateTime", F::Time),
+            (5, "lastTransitionTime", F::Time),
+            (6, "status", F::Str),
+        ],
         _ => &[],
     }
 }
@@ -462,6 +492,23 @@ fn schema_message(msg: &str, b: &[u8], depth: usize) -> Result<Value, ProtoError
                 }
                 m.insert((*name).into(), if ty == 1 { json!(sv) } else { json!(iv) });
             }
+            (F::Bytes, Field::Bytes(x)) => {
+                if !x.is_empty() {
+                    m.insert((*name).into(), json!(base64::engine::general_purpose::STANDARD.encode(x)));
+                }
+            }
+            (F::Time, Field::Bytes(x)) => {
+                let mut tr = Reader { buf: x };
+                let mut secs = 0i64;
+                while let Some((tn, tf)) = tr.next()? {
+                    if let (1, Field::Varint(v)) = (tn, tf) {
+                        secs = varint_value(v);
+                    }
+                }
+                if let Some(t) = chrono::DateTime::from_timestamp(secs, 0) {
+                    m.insert((*name).into(), json!(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
+                }
+            }
             _ => return Err(ProtoError::Unsupported(format!("{msg}.{name}: unexpected wire type"))),
         }
     }
@@ -503,6 +550,7 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtoError> {
         | "SubjectAccessReview"
         | "SelfSubjectRulesReview"
         | "SelfSubjectReview"
+        | "CertificateSigningRequest"
             if matches!(
                 (kind.as_str(), api_version.as_str()),
                 ("Deployment", "apps/v1")
@@ -514,6 +562,7 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtoError> {
                         "authorization.k8s.io/v1"
                     )
                     | ("SelfSubjectReview", "authentication.k8s.io/v1")
+                    | ("CertificateSigningRequest", "certificates.k8s.io/v1")
             ) =>
         {
             let mut v = schema_message(&kind, raw, 0)?;

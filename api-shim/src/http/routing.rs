@@ -120,6 +120,8 @@ impl Server {
                 authz.admit(&u, r, new, old)
             }))
         });
+        // Nodes write only their own objects (NodeRestriction).
+        let admit = admit.or_else(|| crate::registry::node_restriction::admission(parts.extensions.get::<UserInfo>()));
         let write_opts = |q: &HashMap<String, String>, h: &HeaderMap| -> Result<WriteOpts, ApiError> {
             Ok(WriteOpts { admit: admit.clone(), ..write_opts(q, h)? })
         };
@@ -173,7 +175,11 @@ impl Server {
                 let w = wants(&headers, &q)?;
                 let body = read_body(body).await?;
                 let opts = write_opts(&q, &headers)?;
-                let (obj, mut warnings) = decode_object(&content_type(&headers), &body, opts.field_validation)?;
+                let (mut obj, mut warnings) = decode_object(&content_type(&headers), &body, opts.field_validation)?;
+                if let (crate::registry::certificates::GROUP, Some(u)) = (res.group, parts.extensions.get::<UserInfo>())
+                {
+                    crate::registry::certificates::set_requester(&mut obj, u);
+                }
                 let (obj, w2) = api.create(res, ns, obj, &opts).await?;
                 warnings.extend(w2);
                 Ok(render_one(res, &obj, w, StatusCode::CREATED, &warnings))

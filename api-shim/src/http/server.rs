@@ -1,8 +1,8 @@
 //! HTTPS transport, authentication and authorization.
 //!
 //! One rustls listener (h2 and http/1.1). A request is authenticated by bearer token (static
-//! token file) or by a client certificate issued by our CA; anything else gets 401, except the
-//! health and version endpoints. Every request is then authorized by RBAC (the request-info
+//! token file, or a bootstrap token: `crate::auth`) or by a client certificate issued by our CA;
+//! anything else gets 401, except the health and version endpoints and `kube-public/cluster-info`. Every request is then authorized by RBAC (the request-info
 //! glue: the caller's implied groups, the anonymous user, path → attributes) before its body is
 //! read, and routed (`routing.rs`) onto the registry's [`Api`].
 
@@ -31,13 +31,18 @@ pub struct Server {
     pub server_address: String,
     /// RBAC decisions (see [`crate::registry::rbac`]).
     pub authz: Arc<crate::registry::rbac::Authorizer>,
+    /// The Node authorizer, asked before RBAC (`--authorization-mode=Node,RBAC`).
+    pub node_authz: crate::registry::rbac::node::NodeAuthorizer,
 }
 
 impl Server {
-    fn authenticate(&self, headers: &HeaderMap, cert_user: Option<&UserInfo>) -> Option<UserInfo> {
+    async fn authenticate(&self, headers: &HeaderMap, cert_user: Option<&UserInfo>) -> Option<UserInfo> {
         if let Some(auth) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
             let token = auth.strip_prefix("Bearer ").or_else(|| auth.strip_prefix("bearer "))?.trim();
-            return self.tokens.get(token).cloned();
+            if let Some(u) = self.tokens.get(token) {
+                return Some(u.clone());
+            }
+            return crate::auth::bootstrap::authenticate(&self.api, token).await;
         }
         cert_user.cloned()
     }
@@ -49,8 +54,10 @@ impl Server {
         let public = matches!(path.as_str(), "/healthz" | "/livez" | "/readyz" | "/version")
             || path.starts_with("/healthz/")
             || path.starts_with("/livez/")
-            || path.starts_with("/readyz/");
-        let mut user = self.authenticate(req.headers(), cert_user.as_ref());
+            || path.starts_with("/readyz/")
+            // A joining node reads the CA before it has credentials (RBAC still decides).
+            || (method == http::Method::GET && path == crate::auth::cluster_info::PATH);
+        let mut user = self.authenticate(req.headers(), cert_user.as_ref()).await;
         if user.is_none() && !public {
             return error_response(&ApiError::Unauthorized);
         }
@@ -69,9 +76,20 @@ impl Server {
             None => (crate::registry::rbac::authz::ANONYMOUS, &anonymous),
         };
         let attrs = super::request_info::request_attributes(name, groups, method.as_str(), &path, &q);
-        if !self.authz.authorize(&attrs).allowed {
+        use crate::registry::rbac::node::NodeDecision;
+        let node = self.node_authz.authorize(&attrs).await;
+        if node != NodeDecision::Allow && !self.authz.authorize(&attrs).allowed {
             tracing::debug!(user = name, verb = attrs.verb, path, "forbidden");
-            return error_response(&attrs.forbidden());
+            let err = match node {
+                NodeDecision::NoOpinion(Some(why)) => crate::registry::rbac::authz::forbidden(
+                    &attrs.api_group,
+                    &attrs.resource,
+                    &attrs.name,
+                    &format!("{}: {why}", attrs.forbidden_reason()),
+                ),
+                _ => attrs.forbidden(),
+            };
+            return error_response(&err);
         }
         if let Some(u) = &user {
             req.extensions_mut().insert(u.clone());

@@ -18,8 +18,10 @@
 //! never uses the HTTP layer above it.
 
 pub mod apply;
+pub mod certificates;
 pub mod delete;
 pub mod encode;
+pub mod node_restriction;
 pub mod rbac;
 pub mod read;
 pub mod strategy;

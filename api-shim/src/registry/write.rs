@@ -275,6 +275,12 @@ impl Api {
             meta_mut(new).remove("resourceVersion");
             return Ok(());
         }
+        if sub == Some("approval") {
+            // CSR approval changes only the conditions (see `certificates`).
+            *new = super::certificates::approval_update(old, new);
+            meta_mut(new).remove("resourceVersion");
+            return Ok(());
+        }
         if res.kind == "Namespace" && sub == Some("finalize") {
             // The finalize subresource changes `spec.finalizers` and nothing else (upstream's
             // finalize strategy); the namespace controller removes `kubernetes` through it.

@@ -24,6 +24,8 @@ pub const AUTHENTICATED: &str = "system:authenticated";
 /// The user and group of requests without credentials (they may only reach public paths).
 pub const ANONYMOUS: &str = "system:anonymous";
 pub const UNAUTHENTICATED: &str = "system:unauthenticated";
+/// The group of node identities (`system:node:<name>`).
+pub const NODES: &str = "system:nodes";
 /// The API group of roles and bindings.
 pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 

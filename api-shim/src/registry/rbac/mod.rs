@@ -7,6 +7,7 @@
 //! apiservers sharing one etcd, and rebuilds itself after a restart or a 410 Gone by listing again.
 
 pub mod authz;
+pub mod node;
 mod review;
 
 pub use self::review::{is_review, review};
@@ -385,6 +386,9 @@ fn rule(verbs: &[&str], groups: &[&str], resources: &[&str]) -> Value {
 }
 
 const READ: &[&str] = &["get", "list", "watch"];
+const CERTIFICATES: &str = "certificates.k8s.io";
+const NODE_CLIENT: &str = "system:certificates.k8s.io:certificatesigningrequests:nodeclient";
+const SELF_NODE_CLIENT: &str = "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient";
 const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
 
 fn view_rules() -> Vec<Value> {
@@ -559,6 +563,21 @@ pub fn bootstrap_objects() -> Vec<(&'static str, Value)> {
             "system:public-info-viewer",
             &[authz::AUTHENTICATED, authz::UNAUTHENTICATED],
         ),
+        // Node TLS bootstrapping (upstream's roles, kubeadm's bindings): bootstrappers may file
+        // CSRs and have node client CSRs auto-approved; nodes have renewals of their own
+        // identity auto-approved.
+        role(
+            "system:node-bootstrapper",
+            vec![rule(&["create", "get", "list", "watch"], &[CERTIFICATES], &["certificatesigningrequests"])],
+        ),
+        role(NODE_CLIENT, vec![rule(&["create"], &[CERTIFICATES], &["certificatesigningrequests/nodeclient"])]),
+        role(
+            SELF_NODE_CLIENT,
+            vec![rule(&["create"], &[CERTIFICATES], &["certificatesigningrequests/selfnodeclient"])],
+        ),
+        binding("kubeadm:kubelet-bootstrap", "system:node-bootstrapper", &[crate::auth::bootstrap::BOOTSTRAPPERS]),
+        binding("kubeadm:node-autoapprove-bootstrap", NODE_CLIENT, &[crate::auth::bootstrap::BOOTSTRAPPERS]),
+        binding("kubeadm:node-autoapprove-certificate-rotation", SELF_NODE_CLIENT, &[authz::NODES]),
     ]
 }
 

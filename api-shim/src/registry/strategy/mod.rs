@@ -194,6 +194,7 @@ pub struct Strategies {
     namespace: NamespaceStrategy,
     job: JobStrategy,
     rbac: RbacStrategy,
+    csr: super::certificates::CsrStrategy,
     generic: Generic,
 }
 
@@ -205,6 +206,7 @@ impl Strategies {
             namespace: NamespaceStrategy,
             job: JobStrategy,
             rbac: RbacStrategy,
+            csr: super::certificates::CsrStrategy,
             generic: Generic,
         }
     }
@@ -216,6 +218,7 @@ impl Strategies {
             ("", "Namespace") => &self.namespace,
             ("batch", "Job") => &self.job,
             (objects::RBAC_GROUP, _) => &self.rbac,
+            (super::certificates::GROUP, _) => &self.csr,
             _ => &self.generic,
         }
     }
