@@ -9,13 +9,15 @@
 //! executes the operations; each loop resyncs periodically and retries failures with backoff,
 //! so a restart of anything resumes the work from what is stored. One module per controller:
 //! [`gc`] (ownerReferences: background, foreground and orphan propagation) and [`namespace`]
-//! (namespace content cleanup and finalization). [`run`] starts the enabled set; which one runs
+//! (namespace content cleanup and finalization), and the [`scheduler`] (kube-scheduler's default
+//! profile: filters, scores, binding, the `Unschedulable` condition). [`run`] starts the enabled set; which one runs
 //! is chosen with upstream's `--controllers` syntax ([`Selection`]).
 
 pub mod gc;
 pub mod kinds;
 pub mod namespace;
 pub mod object;
+pub mod scheduler;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +27,7 @@ use kube::Client;
 use crate::kinds::Kinds;
 
 /// The controllers this crate provides, by their upstream `--controllers` names.
-pub const CONTROLLERS: &[&str] = &["garbagecollector", "namespace"];
+pub const CONTROLLERS: &[&str] = &["garbagecollector", "namespace", "scheduler"];
 
 /// Short names accepted for convenience.
 fn canonical(name: &str) -> &str {
@@ -129,6 +131,7 @@ pub async fn run(client: Client, opts: Opts) -> Result<(), Error> {
                 let r = match name {
                     "garbagecollector" => gc::run(client.clone(), kinds.clone(), opts.gc.clone()).await,
                     "namespace" => namespace::run(client.clone(), kinds.clone(), opts.namespace_resync).await,
+                    "scheduler" => scheduler::run(client.clone()).await,
                     _ => Ok(()),
                 };
                 if let Err(e) = r {
@@ -151,11 +154,12 @@ mod tests {
     fn selection_follows_upstreams_controllers_flag() {
         let none: &[&str] = &[];
         let p = |c: &[&str], d: &[&str]| Selection::parse(c, d).map(|s| s.enabled);
-        assert_eq!(p(&["*"], none).unwrap(), vec!["garbagecollector", "namespace"]);
-        assert_eq!(p(&["*", "-gc"], none).unwrap(), vec!["namespace"]);
+        assert_eq!(p(&["*"], none).unwrap(), vec!["garbagecollector", "namespace", "scheduler"]);
+        assert_eq!(p(&["*", "-gc"], none).unwrap(), vec!["namespace", "scheduler"]);
         assert_eq!(p(&["namespace"], none).unwrap(), vec!["namespace"]);
-        assert_eq!(p(&["*"], &["namespace"]).unwrap(), vec!["garbagecollector"]);
-        assert_eq!(p(&["-garbagecollector", "*"], none).unwrap(), vec!["namespace"]);
+        assert_eq!(p(&["*"], &["namespace"]).unwrap(), vec!["garbagecollector", "scheduler"]);
+        assert_eq!(p(&["-garbagecollector", "*"], none).unwrap(), vec!["namespace", "scheduler"]);
+        assert_eq!(p(&["*"], &["scheduler"]).unwrap(), vec!["garbagecollector", "namespace"]);
         assert_eq!(p(none, none).unwrap(), Vec::<&str>::new());
         assert!(matches!(p(&["*", "-nope"], none), Err(Error::UnknownController(n)) if n == "nope"));
         assert!(Selection::parse(&["*"], none).unwrap().is_enabled("gc"));
