@@ -11,6 +11,7 @@ pub mod api;
 pub mod cni;
 pub mod containerd;
 pub mod datapath;
+pub mod hollow;
 pub mod netns;
 
 use std::process::{Command, Output};

@@ -82,3 +82,26 @@ fn duplicate_json_keys_follow_field_validation() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["data"]["a"], "2");
 }
+
+/// `stringData` is write-only: folded into `data` (base64) on create and on every update, as
+/// upstream's conversion does, and never returned. kubectl apply (client-side) and kubectl 1.27
+/// see the same.
+#[test]
+fn secret_string_data_is_folded_into_data() {
+    let s = ApiServer::start(&[]).expect("apiserver");
+    let data = |v: &str| {
+        let out = s.kubectl(v, &["get", "secret", "sd", "-o", "json"]).unwrap();
+        let obj: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert!(obj.get("stringData").is_none(), "stringData returned: {out}");
+        obj["data"].clone()
+    };
+    let apply = |yaml: &str| {
+        let f = s.dir.join("secret.yaml");
+        std::fs::write(&f, yaml).unwrap();
+        s.kubectl("1.33", &["apply", "-f", f.to_str().unwrap()]).unwrap();
+    };
+    apply("apiVersion: v1\nkind: Secret\nmetadata: {name: sd}\ndata: {keep: eQ==}\nstringData: {a: hello}\n");
+    assert_eq!(data("1.33"), serde_json::json!({"a": "aGVsbG8=", "keep": "eQ=="}));
+    apply("apiVersion: v1\nkind: Secret\nmetadata: {name: sd}\ndata: {keep: eQ==}\nstringData: {a: bye, b: x}\n");
+    assert_eq!(data("1.27"), serde_json::json!({"a": "Ynll", "b": "eA==", "keep": "eQ=="}));
+}

@@ -320,6 +320,7 @@ impl Api {
             let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
             meta_mut(new).insert("generation".into(), json!(g + 1));
         }
+        objects::fold_string_data(res, new);
         self.strategy(res).prepare_for_update(old, new);
         Ok(())
     }

@@ -52,8 +52,31 @@ pub fn default_pod_spec(spec: &mut Value) {
     default_containers(spec, "initContainers");
 }
 
+/// Folds a Secret's write-only `stringData` into `data` (base64), as upstream's conversion does
+/// on every write: a `stringData` key replaces the `data` key of the same name, and `stringData`
+/// itself is never stored or returned. Other kinds are left alone.
+pub fn fold_string_data(res: &ResourceDef, obj: &mut Value) {
+    use base64::Engine as _;
+    if res.kind != "Secret" {
+        return;
+    }
+    let Some(Value::Object(string)) = obj.as_object_mut().and_then(|m| m.remove("stringData")) else { return };
+    let Some(m) = obj.as_object_mut() else { return };
+    let data = m.entry("data").or_insert_with(|| Value::Object(Map::new()));
+    if !data.is_object() {
+        *data = Value::Object(Map::new());
+    }
+    if let Value::Object(d) = data {
+        for (k, v) in string {
+            let text = v.as_str().unwrap_or_default();
+            d.insert(k, json!(base64::engine::general_purpose::STANDARD.encode(text)));
+        }
+    }
+}
+
 /// Applies create-time defaults for `res`.
 pub fn apply_defaults(res: &ResourceDef, obj: &mut Value) {
+    fold_string_data(res, obj);
     match res.kind {
         "Pod" => {
             if let Some(spec) = obj.get_mut("spec") {
@@ -169,5 +192,27 @@ pub fn apply_defaults(res: &ResourceDef, obj: &mut Value) {
 fn template_defaults(obj: &mut Value) {
     if let Some(spec) = obj.pointer_mut("/spec/template/spec") {
         default_pod_spec(spec);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn string_data_is_folded_into_data_and_never_stored() {
+        let res = crate::resources::find_kind("v1", "Secret").unwrap();
+        let mut s = json!({"metadata": {"name": "s"}, "data": {"a": "eA==", "keep": "eQ=="},
+                           "stringData": {"a": "hello", "b": ""}});
+        apply_defaults(res, &mut s);
+        assert_eq!(s.get("stringData"), None);
+        assert_eq!(s["data"], json!({"a": "aGVsbG8=", "b": "", "keep": "eQ=="}));
+        assert_eq!(s["type"], "Opaque");
+        // Other kinds keep a field of that name untouched (schema checks reject it elsewhere).
+        let cm = crate::resources::find_kind("v1", "ConfigMap").unwrap();
+        let mut c = json!({"stringData": {"a": "b"}});
+        fold_string_data(cm, &mut c);
+        assert_eq!(c["stringData"]["a"], "b");
     }
 }
