@@ -165,6 +165,12 @@ pub fn host_ports(pod: &Pod) -> Vec<HostPort> {
         .collect()
 }
 
+/// Whether a pod declares any pod affinity or anti-affinity (then every decision must look at it).
+pub fn has_pod_affinity(pod: &Pod) -> bool {
+    let a = pod.spec.as_ref().and_then(|s| s.affinity.as_ref());
+    a.is_some_and(|a| a.pod_affinity.is_some() || a.pod_anti_affinity.is_some())
+}
+
 /// `namespace/name`, the key pods are known by.
 pub fn pod_key(pod: &Pod) -> String {
     format!(
@@ -285,6 +291,8 @@ pub struct Snapshot {
     placed: HashMap<String, (String, Arc<PodInfo>)>,
     /// Keys of pods placed by [`Snapshot::assume`] whose binding is not confirmed yet.
     assumed: HashSet<String>,
+    /// Keys of placed pods with pod (anti-)affinity.
+    with_affinity: HashSet<String>,
 }
 
 impl Snapshot {
@@ -306,6 +314,12 @@ impl Snapshot {
 
     pub fn node(&self, name: &str) -> Option<&NodeInfo> {
         self.index.get(name).and_then(|i| self.nodes.get(*i))
+    }
+
+    /// Whether any placed pod has pod (anti-)affinity (otherwise InterPodAffinity has nothing
+    /// to look at for pods without their own).
+    pub fn has_pods_with_affinity(&self) -> bool {
+        !self.with_affinity.is_empty()
     }
 
     pub fn is_assumed(&self, key: &str) -> bool {
@@ -360,10 +374,14 @@ impl Snapshot {
         if let Some(i) = self.index.get(node) {
             self.nodes[*i].add_pod(p.clone());
         }
+        if has_pod_affinity(&p.pod) {
+            self.with_affinity.insert(p.key.clone());
+        }
         self.placed.insert(p.key.clone(), (node.to_string(), p));
     }
 
     fn unplace(&mut self, key: &str) {
+        self.with_affinity.remove(key);
         if let Some((node, _)) = self.placed.remove(key)
             && let Some(i) = self.index.get(&node)
         {
