@@ -44,7 +44,8 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     bookmark_interval: u64,
     /// In-process controllers, upstream syntax: `*` (all), `name`, `-name`
-    /// (e.g. `*,-garbagecollector`; names: garbagecollector (gc), namespace).
+    /// (e.g. `*,-garbagecollector`; names: garbagecollector (gc), namespace, replicaset,
+    /// replicationcontroller, deployment).
     #[arg(long, default_value = "*", value_delimiter = ',')]
     controllers: Vec<String>,
     /// Controllers to turn off (same names; `--disable-controllers=garbagecollector,namespace`).

@@ -9,14 +9,19 @@
 //! executes the operations; each loop resyncs periodically and retries failures with backoff,
 //! so a restart of anything resumes the work from what is stored. One module per controller:
 //! [`gc`] (ownerReferences: background, foreground and orphan propagation) and [`namespace`]
-//! (namespace content cleanup and finalization), and the [`scheduler`] (kube-scheduler's default
-//! profile: filters, scores, binding, the `Unschedulable` condition). [`run`] starts the enabled set; which one runs
+//! (namespace content cleanup and finalization), [`replicaset`] (ReplicaSets and
+//! ReplicationControllers), [`deployment`] (rollouts over ReplicaSets) and the [`scheduler`]
+//! (kube-scheduler's default profile: filters, scores, binding, the `Unschedulable` condition).
+//! [`run`] starts the enabled set; which one runs
 //! is chosen with upstream's `--controllers` syntax ([`Selection`]).
 
+pub mod deployment;
+pub mod events;
 pub mod gc;
 pub mod kinds;
 pub mod namespace;
 pub mod object;
+pub mod replicaset;
 pub mod scheduler;
 
 use std::sync::Arc;
@@ -27,7 +32,8 @@ use kube::Client;
 use crate::kinds::Kinds;
 
 /// The controllers this crate provides, by their upstream `--controllers` names.
-pub const CONTROLLERS: &[&str] = &["garbagecollector", "namespace", "scheduler"];
+pub const CONTROLLERS: &[&str] =
+    &["garbagecollector", "namespace", "replicaset", "replicationcontroller", "deployment", "scheduler"];
 
 /// Short names accepted for convenience.
 fn canonical(name: &str) -> &str {
@@ -43,6 +49,8 @@ pub enum Error {
     UnknownController(String),
     #[error("kind {0} is not served (or not listable, watchable and deletable)")]
     UnknownKind(String),
+    #[error("invalid object: {0}")]
+    Invalid(String),
     #[error("a watch store was dropped before it synced")]
     StoreClosed,
     #[error("kube: {0}")]
@@ -131,6 +139,11 @@ pub async fn run(client: Client, opts: Opts) -> Result<(), Error> {
                 let r = match name {
                     "garbagecollector" => gc::run(client.clone(), kinds.clone(), opts.gc.clone()).await,
                     "namespace" => namespace::run(client.clone(), kinds.clone(), opts.namespace_resync).await,
+                    "replicaset" => replicaset::run::<k8s_openapi::api::apps::v1::ReplicaSet>(client.clone()).await,
+                    "replicationcontroller" => {
+                        replicaset::run::<k8s_openapi::api::core::v1::ReplicationController>(client.clone()).await
+                    }
+                    "deployment" => deployment::run(client.clone()).await,
                     "scheduler" => scheduler::run(client.clone()).await,
                     _ => Ok(()),
                 };
@@ -154,12 +167,12 @@ mod tests {
     fn selection_follows_upstreams_controllers_flag() {
         let none: &[&str] = &[];
         let p = |c: &[&str], d: &[&str]| Selection::parse(c, d).map(|s| s.enabled);
-        assert_eq!(p(&["*"], none).unwrap(), vec!["garbagecollector", "namespace", "scheduler"]);
-        assert_eq!(p(&["*", "-gc"], none).unwrap(), vec!["namespace", "scheduler"]);
+        assert_eq!(p(&["*"], none).unwrap(), CONTROLLERS.to_vec());
+        assert!(!p(&["*", "-gc"], none).unwrap().contains(&"garbagecollector"));
         assert_eq!(p(&["namespace"], none).unwrap(), vec!["namespace"]);
-        assert_eq!(p(&["*"], &["namespace"]).unwrap(), vec!["garbagecollector", "scheduler"]);
-        assert_eq!(p(&["-garbagecollector", "*"], none).unwrap(), vec!["namespace", "scheduler"]);
-        assert_eq!(p(&["*"], &["scheduler"]).unwrap(), vec!["garbagecollector", "namespace"]);
+        assert!(!p(&["*"], &["namespace"]).unwrap().contains(&"namespace"));
+        assert_eq!(p(&["-garbagecollector", "*"], none).unwrap(), CONTROLLERS[1..].to_vec());
+        assert!(!p(&["*"], &["scheduler"]).unwrap().contains(&"scheduler"));
         assert_eq!(p(none, none).unwrap(), Vec::<&str>::new());
         assert!(matches!(p(&["*", "-nope"], none), Err(Error::UnknownController(n)) if n == "nope"));
         assert!(Selection::parse(&["*"], none).unwrap().is_enabled("gc"));

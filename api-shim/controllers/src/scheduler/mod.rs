@@ -254,6 +254,10 @@ impl Scheduler {
                 tokio::spawn(async move {
                     let _permit = sem.acquire_owned().await;
                     let result = bind(&client, &pod, &node).await;
+                    if result.is_ok() {
+                        let msg = format!("Successfully assigned {key} to {node}");
+                        crate::events::normal(&client, pod.as_ref(), SCHEDULER_NAME, "Scheduled", &msg).await;
+                    }
                     // The receiver lives as long as the scheduler; a send error means it stopped.
                     let _ = tx.unbounded_send(Input::Bound { key, pod, node, result });
                 });
