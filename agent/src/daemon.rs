@@ -48,6 +48,8 @@ pub struct Config {
     pub pids_limit: Option<i64>,
     /// How often the orphan sweep runs (it also runs after the first sync).
     pub gc_period: Duration,
+    /// Registry credentials and insecure hosts (`crate::images::auth::RegistryConfig`).
+    pub registry_config: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +116,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         orphan_grace: cfg.orphan_grace,
         oom_score_floor: podworker::oom_floor(),
         teardown_retry: Duration::from_millis(500),
+        registry_config: cfg.registry_config.clone(),
     };
     if let Some(f) = mcfg.oom_score_floor {
         warn!(

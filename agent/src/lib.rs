@@ -11,6 +11,7 @@ pub mod cgroups;
 pub mod cni;
 pub mod daemon;
 pub mod events;
+pub mod images;
 pub mod manifest;
 pub mod netns;
 pub mod network;

@@ -67,6 +67,9 @@ struct RunArgs {
     /// OCI image archives to import at start (every *.tar in the directory).
     #[arg(long)]
     image_dir: Option<PathBuf>,
+    /// Registry credentials (docker config JSON `auths`) and `insecureRegistries`; re-read on every pull.
+    #[arg(long)]
+    registry_config: Option<PathBuf>,
     #[arg(long, default_value = "keelson.local/pause:latest")]
     pause_image: String,
     #[arg(long, default_value = "/etc/cni/net.d")]
@@ -185,6 +188,7 @@ fn config(a: RunArgs) -> anyhow::Result<daemon::Config> {
         orphan_grace: a.orphan_grace,
         pids_limit: Some(a.pods_pids_limit),
         gc_period: a.gc_period,
+        registry_config: a.registry_config,
     })
 }
 

@@ -86,6 +86,20 @@ pub struct Config {
     pub controllers: Vec<String>,
     /// Controllers turned off (`--disable-controllers`).
     pub disable_controllers: Vec<String>,
+    /// Leader election of the in-process controllers: `None` = on with etcd (several servers may
+    /// share it), off with SQLite (one server owns the database, and electing would only delay
+    /// the controllers by a lease duration after a restart).
+    pub leader_elect: Option<bool>,
+    /// Lease duration, renew deadline and retry period of the election (upstream: 15 s, 10 s, 2 s).
+    pub leader_elect_timings: (Duration, Duration, Duration),
+    /// Node lifecycle: how long a node may be silent before it is Unknown, and how often to look.
+    pub node_monitor_grace_period: Duration,
+    pub node_monitor_period: Duration,
+    /// DefaultTolerationSeconds admission (not-ready, unreachable).
+    pub default_tolerations: registry::strategy::tolerations::DefaultTolerationSeconds,
+    /// Node IPAM: the range pod CIDRs come from and their size.
+    pub cluster_cidr: ipnet::Ipv4Net,
+    pub node_cidr_mask_size: u8,
 }
 
 impl Config {
@@ -101,6 +115,13 @@ impl Config {
             bookmark_interval: Duration::from_secs(5),
             controllers: vec!["*".into()],
             disable_controllers: Vec::new(),
+            leader_elect: None,
+            leader_elect_timings: (Duration::from_secs(15), Duration::from_secs(10), Duration::from_secs(2)),
+            node_monitor_grace_period: Duration::from_secs(20),
+            node_monitor_period: Duration::from_secs(1),
+            default_tolerations: Default::default(),
+            cluster_cidr: ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(10, 244, 0, 0), 16).unwrap_or_default(),
+            node_cidr_mask_size: 24,
         }
     }
 }
@@ -217,7 +238,10 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let advertise = cfg.advertise.clone().unwrap_or_else(|| local.ip().to_string());
     let server_url = format!("https://{advertise}:{}", local.port());
     let store = open_store(&cfg).await?;
-    let api = Arc::new(Api::new(store.clone(), cfg.service_cidr, cfg.bookmark_interval));
+    let api = Arc::new(
+        Api::new(store.clone(), cfg.service_cidr, cfg.bookmark_interval)
+            .with_default_tolerations(cfg.default_tolerations),
+    );
     api.recover().await?;
     let mut hosts = vec![advertise.clone(), local.ip().to_string(), api.kubernetes_service_ip().to_string()];
     hosts.dedup();
@@ -265,7 +289,28 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         let ca_pem = std::fs::read_to_string(&pki.ca_cert)
             .map_err(|e| RunError::ControllerClient(format!("{}: {e}", pki.ca_cert.display())))?;
         let client = controller_client(local, &ca_pem, &controller_token).await?;
-        let opts = keelson_controllers::Opts { selection, ..Default::default() };
+        let elect = cfg.leader_elect.unwrap_or(matches!(cfg.backend, Backend::Etcd { .. }));
+        let (lease_duration, renew_deadline, retry_period) = cfg.leader_elect_timings;
+        let leader = elect.then(|| keelson_controllers::leader::LeaderOpts {
+            lease_duration,
+            renew_deadline,
+            retry_period,
+            ..keelson_controllers::leader::LeaderOpts::new()
+        });
+        let opts = keelson_controllers::Opts {
+            selection,
+            node_lifecycle: keelson_controllers::nodelifecycle::LifecycleOpts {
+                monitor_period: cfg.node_monitor_period,
+                grace_period: cfg.node_monitor_grace_period,
+            },
+            node_ipam: keelson_controllers::nodeipam::IpamOpts {
+                cluster_cidr: cfg.cluster_cidr,
+                node_cidr_mask_size: cfg.node_cidr_mask_size,
+                ..Default::default()
+            },
+            leader,
+            ..Default::default()
+        };
         // Started before serving: they retry discovery until the listener below answers.
         tokio::spawn(async move {
             if let Err(e) = keelson_controllers::run(client, opts).await {

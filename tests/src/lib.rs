@@ -13,6 +13,7 @@ pub mod containerd;
 pub mod datapath;
 pub mod hollow;
 pub mod netns;
+pub mod registry;
 
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};

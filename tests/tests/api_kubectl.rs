@@ -66,7 +66,9 @@ fn json(out: &str) -> serde_json::Value {
 }
 
 fn flow(v: &str) {
-    let s = ApiServer::start(&[]).expect("start apiserver");
+    // API behaviour only: no workload controllers making pods for the Deployment applied below.
+    let s =
+        ApiServer::start(&["--controllers=*,-deployment,-replicaset,-replicationcontroller"]).expect("start apiserver");
     let k = |args: &[&str]| s.kubectl(v, args).unwrap_or_else(|e| panic!("{e}"));
     let dir = s.dir.clone();
 

@@ -424,3 +424,99 @@ async fn progress_deadline_exceeded() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("exceeded its progress deadline"), "{out:?}");
 }
+
+/// Recreate: no pod of the new template exists while any old pod does (terminating included),
+/// checked on a pod watch; minReadySeconds holds availability back after readiness.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recreate_and_min_ready_seconds() {
+    let s = ApiServer::start(&[]).unwrap();
+    let client = s.client().await.unwrap();
+    let ns = "default";
+    let _node = node(client.clone(), ns).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let manifest = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: db}
+spec:
+  replicas: 3
+  minReadySeconds: 3
+  strategy: {type: Recreate}
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec: {containers: [{name: db, image: "registry.k8s.io/pause:3.9"}]}
+"#;
+    let path = keelson_tests::api::write_manifest(&s.dir, "db.yaml", manifest).unwrap();
+    kubectl(&s, "1.33", &["apply", "-f", path.to_str().unwrap()]);
+    eventually("ready but not yet available", Duration::from_secs(20), || async {
+        let st = deps.get("db").await.map_err(|e| e.to_string())?.status.unwrap_or_default();
+        Ok(st.ready_replicas == Some(3))
+    })
+    .await;
+    let st = deps.get("db").await.unwrap().status.unwrap();
+    assert_eq!(st.available_replicas.unwrap_or(0), 0, "available before minReadySeconds: {st:?}");
+    let out = kubectl(&s, "1.33", &["rollout", "status", "deployment/db", "--timeout=60s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    assert_eq!(deps.get("db").await.unwrap().status.unwrap().available_replicas, Some(3));
+
+    let old_hash = live_pods(&pods, "app=db").await.unwrap()[0].labels()["pod-template-hash"].clone();
+    let overlap = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = overlap.clone();
+    let old = old_hash.clone();
+    let watch = tokio::spawn(async move {
+        let mut state: BTreeMap<String, String> = BTreeMap::new();
+        let mut stream = watcher(pods.clone(), watcher::Config::default().labels("app=db")).boxed();
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(watcher::Event::Init) => state.clear(),
+                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
+                    state.insert(p.name_any(), p.labels()["pod-template-hash"].clone());
+                }
+                Ok(watcher::Event::Delete(p)) => {
+                    state.remove(&p.name_any());
+                }
+                _ => continue,
+            }
+            let olds = state.values().filter(|h| **h == old).count();
+            if olds > 0 && olds < state.len() {
+                seen.lock().unwrap().push(format!("{state:?}"));
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    kubectl(&s, "1.33", &["set", "image", "deployment/db", "db=registry.k8s.io/pause:3.10"]);
+    let out = kubectl(&s, "1.33", &["rollout", "status", "deployment/db", "--timeout=60s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    watch.abort();
+    let first_overlap = overlap.lock().unwrap().first().cloned();
+    assert!(first_overlap.is_none(), "old and new pods at once: {first_overlap:?}");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let live = live_pods(&pods, "app=db").await.unwrap();
+    assert_eq!(live.len(), 3);
+    assert!(live.iter().all(|p| p.labels()["pod-template-hash"] != old_hash && image_of(p).ends_with(":3.10")));
+
+    // Orphaned by a delete, the sets are adopted by a new deployment of the same template: no new
+    // set, the same pods.
+    let names: Vec<String> = live.iter().map(ResourceExt::name_any).collect();
+    kubectl(&s, "1.33", &["delete", "deployment", "db", "--cascade=orphan", "--timeout=30s"]);
+    let rs: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
+    let before = rs.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(before.len(), 2);
+    let again = keelson_tests::api::write_manifest(&s.dir, "db2.yaml", &manifest.replace(":3.9", ":3.10")).unwrap();
+    kubectl(&s, "1.33", &["apply", "-f", again.to_str().unwrap()]);
+    let uid = deps.get("db").await.unwrap().uid().unwrap();
+    eventually("sets adopted", Duration::from_secs(20), || async {
+        let sets = rs.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items;
+        Ok(sets.len() == 2 && sets.iter().all(|r| r.owner_references().iter().any(|o| o.uid == uid)))
+    })
+    .await;
+    let out = kubectl(&s, "1.33", &["rollout", "status", "deployment/db", "--timeout=60s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let mut after: Vec<String> = live_pods(&pods, "app=db").await.unwrap().iter().map(ResourceExt::name_any).collect();
+    after.sort();
+    let mut names = names;
+    names.sort();
+    assert_eq!(after, names, "adoption replaced pods");
+}

@@ -13,8 +13,12 @@ pub enum StartError {
     NotInSpec { name: String },
     #[error("no running sandbox")]
     NoSandbox,
-    #[error("image {image:?} is not present on the node (import it; registry pulls are not implemented yet)")]
-    ImageMissing { image: String },
+    #[error(transparent)]
+    InvalidImageName(#[from] crate::images::reference::InvalidImageName),
+    #[error("container image {image:?} is not present with pull policy of Never")]
+    NeverPull { image: String },
+    #[error("{0}")]
+    Pull(std::sync::Arc<crate::images::PullError>),
     #[error("image {image:?}: {source}")]
     Image {
         image: String,
@@ -36,7 +40,9 @@ impl StartError {
         match self {
             StartError::NotInSpec { .. } | StartError::Config(_) => "CreateContainerConfigError",
             StartError::NoSandbox | StartError::Create(_) => "CreateContainerError",
-            StartError::ImageMissing { .. } | StartError::Image { .. } => "ErrImagePull",
+            StartError::Pull(_) | StartError::Image { .. } => "ErrImagePull",
+            StartError::NeverPull { .. } => "ErrImageNeverPull",
+            StartError::InvalidImageName(_) => "InvalidImageName",
             StartError::Start(_) => "RunContainerError",
         }
     }

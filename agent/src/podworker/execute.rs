@@ -6,14 +6,18 @@ use super::worker::Worker;
 use super::{container_id, find_container, find_container_field, grace, pod_ref};
 use crate::cgroups::{self, Cgroups};
 use crate::events::{NORMAL, WARNING};
+use crate::images::pull::PullRequest;
+use crate::images::{self, DockerConfig, PullError, PullPolicy, RegistryConfig};
 use crate::network::PodNetwork;
 use crate::oci::{self, PodContext, Resources};
 use crate::pod::{self, Action, KillReason, Kind, Observed, StartFailure};
-use crate::runtime::{ContainerRuntime, ContainerSpec, RuntimeError, Stdio, TaskState, labels};
+use crate::runtime::{ContainerRuntime, ContainerSpec, ImageConfig, RuntimeError, Stdio, TaskState, labels};
 use chrono::Utc;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
 use tracing::{debug, warn};
 
 impl<R: ContainerRuntime, C: Cgroups + 'static, N: PodNetwork> Worker<R, C, N> {
@@ -126,6 +130,72 @@ impl<R: ContainerRuntime, C: Cgroups + 'static, N: PodNetwork> Worker<R, C, N> {
         l
     }
 
+    /// The container's image, pulled first when its pull policy asks for it (kubelet's
+    /// `EnsureImageExists`): Never → `ErrImageNeverPull` when absent; IfNotPresent → pull only
+    /// when absent; Always → pull (blobs already present are not fetched again). An image imported
+    /// from a node-local archive has no registry to ask and is used under every policy. A failed pull is
+    /// `ErrImagePull`, which `pod::step` turns into `ImagePullBackOff` until the backoff expires.
+    async fn ensure_image(&self, pod: &Pod, c: &Container) -> Result<ImageConfig, StartError> {
+        let raw = c.image.clone().unwrap_or_default();
+        let name = images::normalize(&raw)?;
+        let policy = PullPolicy::for_container(c.image_pull_policy.as_deref(), &raw);
+        let present = match self.shared.image_config(&raw).await {
+            Ok(cfg) => Some(cfg),
+            Err(e) if e.is_not_found() => None,
+            Err(source) => return Err(StartError::Image { image: raw, source }),
+        };
+        match (policy, present) {
+            (_, Some(cfg)) if cfg.from_archive => return Ok(cfg),
+            (PullPolicy::Never, None) => return Err(StartError::NeverPull { image: raw }),
+            (PullPolicy::Never | PullPolicy::IfNotPresent, Some(cfg)) => {
+                self.shared.event(NORMAL, pod, "Pulled", format!("Container image {raw:?} already present on machine"));
+                return Ok(cfg);
+            }
+            (PullPolicy::Always | PullPolicy::IfNotPresent, _) => {}
+        }
+        let node = RegistryConfig::load(self.shared.cfg.registry_config.as_deref())
+            .map_err(|e| StartError::Pull(Arc::new(e.into())))?;
+        // imagePullSecrets reach the worker once pods come from the API; until then only the
+        // node's credentials apply. The pull is shared only between pods presenting the same
+        // credential, so no pod is served by another pod's secret.
+        let secrets: Vec<DockerConfig> = Vec::new();
+        let registry = images::reference::parse(&raw)?.registry().to_string();
+        let key =
+            format!("{name}\u{0}{}", images::auth::fingerprint(images::auth::select(&secrets, &node.auths, &registry)));
+        self.shared.event(NORMAL, pod, "Pulling", format!("Pulling image {raw:?}"));
+        let started = Instant::now();
+        let runtime = self.shared.runtime.clone();
+        let (out, joined) = self
+            .shared
+            .pulls
+            .run(&key, || async {
+                let req = PullRequest { image: &name, pod_secrets: &secrets, node: &node };
+                runtime.pull_image(req).await.map_err(Arc::new)
+            })
+            .await;
+        self.shared.forget_image(&raw);
+        let report = match out {
+            Ok(r) => r,
+            // A runtime that cannot pull (the fakes) runs what it has.
+            Err(e) if matches!(*e, PullError::Unsupported) => {
+                return self.shared.image_config(&raw).await.map_err(|_| StartError::Pull(e));
+            }
+            Err(e) => return Err(StartError::Pull(e)),
+        };
+        let took = started.elapsed().as_secs_f64();
+        let shared = if joined { " (shared with a pull already running)" } else { "" };
+        self.shared.event(
+            NORMAL,
+            pod,
+            "Pulled",
+            format!(
+                "Successfully pulled image {raw:?} in {took:.3}s{shared}. Image size: {} bytes, {} bytes fetched.",
+                report.size, report.fetched
+            ),
+        );
+        self.shared.image_config(&raw).await.map_err(|source| StartError::Image { image: raw, source })
+    }
+
     async fn start_container(
         &mut self,
         pod: &Pod,
@@ -145,11 +215,7 @@ impl<R: ContainerRuntime, C: Cgroups + 'static, N: PodNetwork> Worker<R, C, N> {
             Err(_) => None,
         }
         .ok_or(StartError::NoSandbox)?;
-        let image_name = c.image.clone().unwrap_or_default();
-        let image = self.shared.image_config(&image_name).await.map_err(|e| match e {
-            RuntimeError::ImageNotFound { .. } => StartError::ImageMissing { image: image_name.clone() },
-            source => StartError::Image { image: image_name.clone(), source },
-        })?;
+        let image = self.ensure_image(pod, c).await?;
         let (qos, res) = self.resources(pod, Some(c)).map_err(StartError::Config)?;
         let id = container_id(&self.uid, name, attempt);
         let dir = self.pod_dir();
@@ -175,7 +241,7 @@ impl<R: ContainerRuntime, C: Cgroups + 'static, N: PodNetwork> Worker<R, C, N> {
         l.insert(labels::BACKOFF_LEVEL.into(), level.to_string());
         l.insert(labels::SPEC_HASH.into(), pod::spec_hash(c));
         l.insert(labels::SANDBOX_ID.into(), sb.id.clone());
-        let cs = ContainerSpec { id: id.clone(), image: image_name, labels: l, oci_spec: oci };
+        let cs = ContainerSpec { id: id.clone(), image: image.name.clone(), labels: l, oci_spec: oci };
         match self.shared.runtime.create_container(&cs).await {
             Ok(()) | Err(RuntimeError::AlreadyExists { .. }) => {}
             Err(e) => return Err(StartError::Create(e)),

@@ -35,6 +35,8 @@ pub use error::{ManagerError, SandboxError, StartError, TeardownError};
 
 use crate::cgroups::Cgroups;
 use crate::events::{self, EventSink};
+use crate::images::inflight::InFlight;
+use crate::images::{PullError, PullReport};
 use crate::netns::Namespaces;
 use crate::network::{PodNetwork, PodRef};
 use crate::runtime::{ContainerRuntime, ImageConfig};
@@ -73,6 +75,9 @@ pub struct ManagerConfig {
     pub oom_score_floor: Option<i32>,
     /// First wait before retrying a failed teardown (doubles up to `resync`).
     pub teardown_retry: Duration,
+    /// The node's registry credentials and insecure hosts (`crate::images::auth`), read on
+    /// every pull. `None`: anonymous HTTPS only.
+    pub registry_config: Option<PathBuf>,
 }
 
 /// The lowest oom_score_adj this process can hand to its children: unlimited with
@@ -117,6 +122,8 @@ pub struct Shared<R, C, N> {
     /// created and released only once it is gone: the orphan sweep never touches these.
     owned_sandboxes: Mutex<BTreeMap<String, String>>,
     image_cache: Mutex<HashMap<String, ImageConfig>>,
+    /// Registry pulls running now, by image and credential (see `crate::images::inflight`).
+    pub pulls: InFlight<Result<PullReport, Arc<PullError>>>,
 }
 
 impl<R: ContainerRuntime, C: Cgroups + 'static, N: PodNetwork> Shared<R, C, N> {
@@ -132,6 +139,7 @@ impl<R: ContainerRuntime, C: Cgroups + 'static, N: PodNetwork> Shared<R, C, N> {
             runtime_changed: Notify::new(),
             owned_sandboxes: Mutex::new(BTreeMap::new()),
             image_cache: Mutex::new(HashMap::new()),
+            pulls: InFlight::default(),
         }
     }
 
@@ -161,16 +169,33 @@ impl<R: ContainerRuntime, C: Cgroups + 'static, N: PodNetwork> Shared<R, C, N> {
         self.owned().clone()
     }
 
-    /// Image config, cached (image ids and stop signals are asked for every turn).
+    /// Image config, cached (image ids and stop signals are asked for every turn). An image is
+    /// found under the name the pod writes (archive imports record that name) or under its
+    /// normalized name (`busybox` → `docker.io/library/busybox:latest`, what pulls record).
     pub async fn image_config(&self, image: &str) -> Result<ImageConfig, crate::runtime::RuntimeError> {
         if let Some(c) = self.image_cache.lock().ok().and_then(|m| m.get(image).cloned()) {
             return Ok(c);
         }
-        let c = self.runtime.image_config(image).await?;
+        let c = match self.runtime.image_config(image).await {
+            Err(e) if e.is_not_found() => match crate::images::normalize(image) {
+                Ok(full) if full != image => self.runtime.image_config(&full).await?,
+                _ => return Err(e),
+            },
+            other => other?,
+        };
         if let Ok(mut m) = self.image_cache.lock() {
             m.insert(image.to_string(), c.clone());
         }
         Ok(c)
+    }
+}
+
+impl<R, C, N> Shared<R, C, N> {
+    /// Drops the cached config of `image` (after a pull may have changed it).
+    pub fn forget_image(&self, image: &str) {
+        if let Ok(mut m) = self.image_cache.lock() {
+            m.remove(image);
+        }
     }
 }
 

@@ -78,6 +78,7 @@ impl Node {
             orphan_grace,
             oom_score_floor: None,
             teardown_retry: Duration::from_millis(20),
+            registry_config: None,
         }
     }
 

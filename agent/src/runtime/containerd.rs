@@ -9,6 +9,8 @@
 //! All calls carry the agent's containerd namespace; every container it creates carries the
 //! `io.keelson.managed=true` label, and [`ContainerRuntime::list`] only returns those.
 
+mod pull;
+
 use super::{
     ContainerInfo, ContainerRuntime, ContainerSpec, ExecResult, ImageConfig, Result, RuntimeError, RuntimeEvent, Stdio,
     TaskState, labels,
@@ -477,7 +479,7 @@ impl ContainerRuntime for Containerd {
                 self.unpack(&lease, &layers, &diff_ids).await?;
                 let image = api::Image {
                     name: name2.clone(),
-                    labels: Default::default(),
+                    labels: [(labels::IMAGE_SOURCE.to_string(), "archive".to_string())].into(),
                     target: Some(mdesc.clone()),
                     created_at: None,
                     updated_at: None,
@@ -509,8 +511,21 @@ impl ContainerRuntime for Containerd {
         Ok(names)
     }
 
+    async fn pull_image(
+        &self,
+        req: crate::images::pull::PullRequest<'_>,
+    ) -> std::result::Result<crate::images::PullReport, crate::images::PullError> {
+        crate::images::pull::pull(self, req).await
+    }
+
     async fn image_config(&self, image: &str) -> Result<ImageConfig> {
         let (_m, config, id) = self.resolve(image).await?;
+        let from_archive = match self.images().get(self.req(api::GetImageRequest { name: image.to_string() })).await {
+            Ok(r) => {
+                r.into_inner().image.is_some_and(|i| i.labels.get(labels::IMAGE_SOURCE).is_some_and(|v| v == "archive"))
+            }
+            Err(_) => false,
+        };
         let c = &config["config"];
         Ok(ImageConfig {
             name: image.to_string(),
@@ -521,6 +536,7 @@ impl ContainerRuntime for Containerd {
             working_dir: c["WorkingDir"].as_str().unwrap_or_default().to_string(),
             user: c["User"].as_str().unwrap_or_default().to_string(),
             stop_signal: c["StopSignal"].as_str().map(String::from),
+            from_archive,
         })
     }
 
@@ -534,42 +550,50 @@ impl ContainerRuntime for Containerd {
         }
         let mut slabels = std::collections::HashMap::new();
         slabels.insert(labels::MANAGED.to_string(), "true".to_string());
-        let r = self
-            .snapshots()
-            .prepare(self.req(snap::PrepareSnapshotRequest {
+        // Under a lease until the container record references the snapshot: containerd's GC
+        // (run after any lease ends, e.g. an image pull's) would otherwise take it in between.
+        self.with_lease(|lease| async move {
+            let r = self
+                .snapshots()
+                .prepare(self.req_lease(
+                    snap::PrepareSnapshotRequest {
+                        snapshotter: SNAPSHOTTER.into(),
+                        key: spec.id.clone(),
+                        parent,
+                        labels: slabels,
+                    },
+                    Some(&lease),
+                ))
+                .await;
+            match r {
+                Ok(_) => {}
+                Err(s) if s.code() == Code::AlreadyExists => debug!("snapshot already prepared"),
+                Err(s) => return Err(grpc("snapshots.Prepare")(s)),
+            }
+            let mut lbl: std::collections::HashMap<String, String> =
+                spec.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            lbl.insert(labels::MANAGED.into(), "true".into());
+            let container = api::Container {
+                id: spec.id.clone(),
+                labels: lbl,
+                image: spec.image.clone(),
+                runtime: Some(api::container::Runtime { name: RUNTIME.into(), options: None }),
+                spec: Some(prost_types::Any {
+                    type_url: SPEC_TYPE_URL.into(),
+                    value: serde_json::to_vec(&spec.oci_spec)
+                        .map_err(|e| RuntimeError::Invalid { what: "OCI spec".into(), reason: e.to_string() })?,
+                }),
                 snapshotter: SNAPSHOTTER.into(),
-                key: spec.id.clone(),
-                parent,
-                labels: slabels,
-            }))
-            .await;
-        match r {
-            Ok(_) => {}
-            Err(s) if s.code() == Code::AlreadyExists => debug!("snapshot already prepared"),
-            Err(s) => return Err(grpc("snapshots.Prepare")(s)),
-        }
-        let mut lbl: std::collections::HashMap<String, String> =
-            spec.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        lbl.insert(labels::MANAGED.into(), "true".into());
-        let container = api::Container {
-            id: spec.id.clone(),
-            labels: lbl,
-            image: spec.image.clone(),
-            runtime: Some(api::container::Runtime { name: RUNTIME.into(), options: None }),
-            spec: Some(prost_types::Any {
-                type_url: SPEC_TYPE_URL.into(),
-                value: serde_json::to_vec(&spec.oci_spec)
-                    .map_err(|e| RuntimeError::Invalid { what: "OCI spec".into(), reason: e.to_string() })?,
-            }),
-            snapshotter: SNAPSHOTTER.into(),
-            snapshot_key: spec.id.clone(),
-            ..Default::default()
-        };
-        self.containers()
-            .create(self.req(api::CreateContainerRequest { container: Some(container) }))
-            .await
-            .map_err(grpc("containers.Create"))?;
-        Ok(())
+                snapshot_key: spec.id.clone(),
+                ..Default::default()
+            };
+            self.containers()
+                .create(self.req_lease(api::CreateContainerRequest { container: Some(container) }, Some(&lease)))
+                .await
+                .map_err(grpc("containers.Create"))?;
+            Ok(())
+        })
+        .await
     }
 
     #[instrument(skip(self, stdio))]

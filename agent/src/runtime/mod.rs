@@ -37,6 +37,8 @@ pub mod labels {
     pub const SPEC_HASH: &str = "io.keelson.container.spec-hash";
     /// Termination reason recorded by the agent after exit (e.g. `OOMKilled`), so it survives restarts.
     pub const EXIT_REASON: &str = "io.keelson.container.exit-reason";
+    /// Image records only: `archive` when imported from a node-local OCI archive.
+    pub const IMAGE_SOURCE: &str = "io.keelson.image.source";
     /// Sandbox only: path of the pod network namespace.
     pub const NETNS: &str = "io.keelson.sandbox.netns";
     /// Sandbox only: the pod IP assigned by CNI.
@@ -103,6 +105,9 @@ pub struct ImageConfig {
     pub working_dir: String,
     pub user: String,
     pub stop_signal: Option<String>,
+    /// Imported from a node-local archive (no registry to ask): every pull policy, Always
+    /// included, uses it as it is (`crate::images` never pulls it).
+    pub from_archive: bool,
 }
 
 /// A container to create: an OCI runtime spec (with `root.path = "rootfs"`) on a fresh writable
@@ -179,6 +184,14 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn version(&self) -> Result<String>;
     /// Imports an OCI image-layout archive; returns the image names it carried.
     async fn import_archive(&self, path: &Path) -> Result<Vec<String>>;
+    /// Pulls an image from its registry and records it under its normalized name
+    /// (`crate::images::pull`). Runtimes that cannot pull (the fakes) say so.
+    async fn pull_image(
+        &self,
+        _req: crate::images::pull::PullRequest<'_>,
+    ) -> std::result::Result<crate::images::PullReport, crate::images::PullError> {
+        Err(crate::images::PullError::Unsupported)
+    }
     /// The config of a present image, or `ImageNotFound`.
     async fn image_config(&self, image: &str) -> Result<ImageConfig>;
     /// Creates a container (and its writable snapshot). `AlreadyExists` if the id is taken.

@@ -10,16 +10,23 @@
 //! so a restart of anything resumes the work from what is stored. One module per controller:
 //! [`gc`] (ownerReferences: background, foreground and orphan propagation) and [`namespace`]
 //! (namespace content cleanup and finalization), [`replicaset`] (ReplicaSets and
-//! ReplicationControllers), [`deployment`] (rollouts over ReplicaSets) and the [`scheduler`]
-//! (kube-scheduler's default profile: filters, scores, binding, the `Unschedulable` condition).
-//! [`run`] starts the enabled set; which one runs
-//! is chosen with upstream's `--controllers` syntax ([`Selection`]).
+//! ReplicationControllers), [`deployment`] (rollouts over ReplicaSets), [`nodelifecycle`]
+//! (Lease expiry → Unknown, NoExecute taints, taint-based eviction), [`nodeipam`] (a pod CIDR
+//! per node) and the [`scheduler`] (kube-scheduler's default profile: filters, scores, binding,
+//! the `Unschedulable` condition). [`run`] starts the enabled set; which one runs is chosen with
+//! upstream's `--controllers` syntax ([`Selection`]). With [`Opts::leader`] set, the set runs only while this
+//! process holds the `kube-system/kube-controller-manager` Lease ([`leader`]), so several API
+//! servers on one etcd have one active set; losing the Lease stops (drops) every controller task
+//! at once.
 
 pub mod deployment;
 pub mod events;
 pub mod gc;
 pub mod kinds;
+pub mod leader;
 pub mod namespace;
+pub mod nodeipam;
+pub mod nodelifecycle;
 pub mod object;
 pub mod replicaset;
 pub mod scheduler;
@@ -32,8 +39,16 @@ use kube::Client;
 use crate::kinds::Kinds;
 
 /// The controllers this crate provides, by their upstream `--controllers` names.
-pub const CONTROLLERS: &[&str] =
-    &["garbagecollector", "namespace", "replicaset", "replicationcontroller", "deployment", "scheduler"];
+pub const CONTROLLERS: &[&str] = &[
+    "garbagecollector",
+    "namespace",
+    "replicaset",
+    "replicationcontroller",
+    "deployment",
+    "nodelifecycle",
+    "nodeipam",
+    "scheduler",
+];
 
 /// Short names accepted for convenience.
 fn canonical(name: &str) -> &str {
@@ -53,6 +68,8 @@ pub enum Error {
     Invalid(String),
     #[error("a watch store was dropped before it synced")]
     StoreClosed,
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("kube: {0}")]
     Kube(#[from] kube::Error),
 }
@@ -105,20 +122,50 @@ pub struct Opts {
     pub gc: gc::GcOpts,
     /// How often the namespace controller looks at every namespace again.
     pub namespace_resync: Duration,
+    pub node_lifecycle: nodelifecycle::LifecycleOpts,
+    pub node_ipam: nodeipam::IpamOpts,
+    /// Leader election; `None` runs the controllers unconditionally (`--leader-elect=false`).
+    pub leader: Option<leader::LeaderOpts>,
 }
 
 impl Default for Opts {
     fn default() -> Self {
-        Opts { selection: Selection::all(), gc: gc::GcOpts::default(), namespace_resync: Duration::from_secs(300) }
+        Opts {
+            selection: Selection::all(),
+            gc: gc::GcOpts::default(),
+            namespace_resync: Duration::from_secs(300),
+            node_lifecycle: nodelifecycle::LifecycleOpts::default(),
+            node_ipam: nodeipam::IpamOpts::default(),
+            leader: None,
+        }
     }
 }
 
-/// Discovers the served kinds (retrying until the server answers) and runs the enabled
-/// controllers until one of them stops; each is restarted after an error.
+/// Runs the enabled controllers: always, or (with [`Opts::leader`]) during each term in which
+/// this process holds the Lease, stopping them the moment the Lease is lost.
 pub async fn run(client: Client, opts: Opts) -> Result<(), Error> {
     if opts.selection.enabled.is_empty() {
         return Ok(());
     }
+    let Some(lopts) = opts.leader.clone() else { return run_set(client, opts).await };
+    let (tx, mut leading) = tokio::sync::watch::channel(false);
+    let elector = tokio::spawn(leader::elect(client.clone(), lopts, tx));
+    let _elector = nodeipam::AbortOnDrop(elector);
+    loop {
+        if leading.wait_for(|l| *l).await.is_err() {
+            return Ok(());
+        }
+        tokio::select! {
+            r = run_set(client.clone(), opts.clone()) => r?,
+            _ = leading.wait_for(|l| !*l) => tracing::warn!("leader lease lost: controllers stopped"),
+        }
+    }
+}
+
+/// Discovers the served kinds (retrying until the server answers) and runs the enabled
+/// controllers until one of them stops; each is restarted after an error. Dropping the future
+/// stops them all.
+async fn run_set(client: Client, opts: Opts) -> Result<(), Error> {
     let mut delay = Duration::from_millis(100);
     let kinds = loop {
         match Kinds::discover(&client).await {
@@ -144,6 +191,8 @@ pub async fn run(client: Client, opts: Opts) -> Result<(), Error> {
                         replicaset::run::<k8s_openapi::api::core::v1::ReplicationController>(client.clone()).await
                     }
                     "deployment" => deployment::run(client.clone()).await,
+                    "nodelifecycle" => nodelifecycle::run(client.clone(), opts.node_lifecycle.clone()).await,
+                    "nodeipam" => nodeipam::run(client.clone(), opts.node_ipam.clone()).await,
                     "scheduler" => scheduler::run(client.clone()).await,
                     _ => Ok(()),
                 };
@@ -172,6 +221,7 @@ mod tests {
         assert_eq!(p(&["namespace"], none).unwrap(), vec!["namespace"]);
         assert!(!p(&["*"], &["namespace"]).unwrap().contains(&"namespace"));
         assert_eq!(p(&["-garbagecollector", "*"], none).unwrap(), CONTROLLERS[1..].to_vec());
+        assert!(!p(&["-garbagecollector", "*", "-nodeipam"], none).unwrap().contains(&"nodeipam"));
         assert!(!p(&["*"], &["scheduler"]).unwrap().contains(&"scheduler"));
         assert_eq!(p(none, none).unwrap(), Vec::<&str>::new());
         assert!(matches!(p(&["*", "-nope"], none), Err(Error::UnknownController(n)) if n == "nope"));

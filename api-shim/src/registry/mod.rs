@@ -223,6 +223,12 @@ impl Api {
         Api { store, strategies: Strategies::new(cidr, graceful.clone()), graceful, bookmark_interval }
     }
 
+    /// The DefaultTolerationSeconds admission's seconds for new pods.
+    pub fn with_default_tolerations(mut self, d: strategy::tolerations::DefaultTolerationSeconds) -> Self {
+        self.strategies.pod.default_tolerations = d;
+        self
+    }
+
     /// The strategy of a kind.
     fn strategy(&self, res: &ResourceDef) -> &dyn Strategy {
         self.strategies.of(res)

@@ -16,6 +16,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
@@ -24,6 +25,7 @@ use serde_json::{Value, json};
 
 use crate::Error;
 use crate::events;
+use keelson_apimachinery::selectors::LabelSelector;
 use plan::{Condition, Counts, IntOrPercent, Strategy};
 
 const COMPONENT: &str = "deployment-controller";
@@ -62,7 +64,7 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-fn view(d: &Deployment, hash: String) -> plan::Deployment {
+fn view(d: &Deployment, hash: String, old_pods: i32) -> plan::Deployment {
     let spec = d.spec.clone().unwrap_or_default();
     let status = d.status.clone().unwrap_or_default();
     let strategy = match spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) {
@@ -112,6 +114,7 @@ fn view(d: &Deployment, hash: String) -> plan::Deployment {
             ready: status.ready_replicas.unwrap_or(0),
             available: status.available_replicas.unwrap_or(0),
         },
+        old_pods,
         deleting: d.metadata.deletion_timestamp.is_some(),
     }
 }
@@ -134,6 +137,69 @@ fn rs_view(rs: &ReplicaSet, template: &Value) -> plan::Rs {
     }
 }
 
+fn controller_uid(rs: &ReplicaSet) -> Option<String> {
+    rs.owner_references().iter().find(|r| r.controller == Some(true)).map(|r| r.uid.clone())
+}
+
+/// Adopts matching orphan sets and releases owned ones that stopped matching, then returns the
+/// sets the deployment controls; `None` (after an Event) when its selector cannot be read.
+async fn owned_sets(
+    ctx: &Ctx,
+    d: &Deployment,
+    rs_api: &Api<ReplicaSet>,
+    all: Vec<ReplicaSet>,
+) -> Result<Option<Vec<ReplicaSet>>, Error> {
+    let uid = d.uid().unwrap_or_default();
+    let sel = serde_json::to_value(d.spec.as_ref().map(|s| &s.selector)).unwrap_or(Value::Null);
+    let selector = match LabelSelector::from_object(&sel) {
+        Ok(s) if !s.is_empty() => s,
+        Ok(_) => {
+            events::warn(&ctx.client, d, COMPONENT, "InvalidSelector", "empty selector").await;
+            return Ok(None);
+        }
+        Err(e) => {
+            events::warn(&ctx.client, d, COMPONENT, "InvalidSelector", &e.to_string()).await;
+            return Ok(None);
+        }
+    };
+    let candidates: Vec<plan::Candidate> = all
+        .iter()
+        .map(|rs| plan::Candidate {
+            name: rs.name_any(),
+            controller_uid: controller_uid(rs),
+            matches: selector.matches(rs.labels()),
+            deleting: rs.metadata.deletion_timestamp.is_some(),
+        })
+        .collect();
+    let (adopt, release) = plan::ownership(&uid, d.metadata.deletion_timestamp.is_some(), &candidates);
+    let mut owned = Vec::new();
+    for mut rs in all {
+        let name = rs.name_any();
+        let mut refs: Vec<Value> = rs.owner_references().iter().filter_map(|r| serde_json::to_value(r).ok()).collect();
+        let change = if adopt.contains(&name) {
+            refs.push(json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": d.name_any(), "uid": uid,
+                             "controller": true, "blockOwnerDeletion": true}));
+            true
+        } else if release.contains(&name) {
+            refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid.as_str()));
+            false
+        } else {
+            if controller_uid(&rs).as_deref() == Some(uid.as_str()) {
+                owned.push(rs);
+            }
+            continue;
+        };
+        let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": rs.resource_version(),
+                                        "uid": rs.uid()}});
+        rs = rs_api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+        if change {
+            tracing::info!(rs = name, "adopted replica set");
+            owned.push(rs);
+        }
+    }
+    Ok(Some(owned))
+}
+
 fn max_replicas(d: &plan::Deployment) -> i32 {
     d.replicas + plan::fenceposts(&d.strategy, d.replicas).0
 }
@@ -146,18 +212,35 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let template = plan::normalize(&serde_json::to_value(&spec.template).unwrap_or(Value::Null));
     let collision = d.status.as_ref().and_then(|s| s.collision_count);
     let hash = plan::template_hash(&template, collision);
-    let view = view(&d, hash.clone());
     let now = Utc::now();
 
     let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
-    let owned: Vec<ReplicaSet> = rs_api
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|rs| rs.owner_references().iter().any(|r| r.controller == Some(true) && r.uid == uid))
-        .collect();
+    let all = rs_api.list(&ListParams::default()).await?.items;
+    let owned = match owned_sets(&ctx, &d, &rs_api, all).await? {
+        Some(o) => o,
+        None => return Ok(Action::requeue(RESYNC)),
+    };
     let rss: Vec<plan::Rs> = owned.iter().map(|rs| rs_view(rs, &template)).collect();
+    // Recreate starts the new pods only when every old pod is gone, terminating ones included
+    // (a set's status no longer counts those), so look at the pods themselves.
+    let recreate = spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("Recreate");
+    let old_pods = if recreate {
+        let old_uids: Vec<String> =
+            owned.iter().filter(|rs| !rs_view(rs, &template).current).filter_map(|rs| rs.uid()).collect();
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+        let n = pods
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter(|p| p.owner_references().iter().any(|r| old_uids.contains(&r.uid)))
+            .filter(|p| !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")))
+            .count();
+        i32::try_from(n).unwrap_or(i32::MAX)
+    } else {
+        0
+    };
+    let view = view(&d, hash.clone(), old_pods);
     let p = plan::plan(&view, &rss, now);
     let desired = view.replicas.to_string();
     let max = max_replicas(&view).to_string();
@@ -225,6 +308,14 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 events::warn(&ctx.client, d.as_ref(), COMPONENT, "FailedCreate", &e.to_string()).await;
                 return Err(e.into());
             }
+        }
+    }
+    // The new set's minReadySeconds follows the deployment's (upstream does the same).
+    let min_ready = spec.min_ready_seconds.unwrap_or(0);
+    for rs in owned.iter().filter(|rs| rs_view(rs, &template).current && rs.metadata.deletion_timestamp.is_none()) {
+        if rs.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0) != min_ready {
+            let patch = json!({"spec": {"minReadySeconds": min_ready}});
+            rs_api.patch(&rs.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
         }
     }
     for (name, replicas) in &p.scale {

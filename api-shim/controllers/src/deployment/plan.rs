@@ -97,6 +97,8 @@ pub struct Deployment {
     pub conditions: Vec<Condition>,
     /// The counts of the status last written (to tell progress from standing still).
     pub last: Counts,
+    /// Pods of old sets not yet gone (terminating ones included; Recreate waits for them).
+    pub old_pods: i32,
     pub deleting: bool,
 }
 
@@ -241,6 +243,33 @@ pub fn without_hash(template: &Value) -> Value {
     normalize(&t)
 }
 
+/// One ReplicaSet of the namespace as ownership sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub name: String,
+    /// The uid of its controller owner, if any.
+    pub controller_uid: Option<String>,
+    /// Its labels match the deployment's selector.
+    pub matches: bool,
+    pub deleting: bool,
+}
+
+/// Which sets the deployment `uid` adopts (matching orphans, e.g. left by
+/// `kubectl delete --cascade=orphan` and a re-create) and releases (owned ones that no longer
+/// match the selector). A deployment being deleted adopts nothing.
+pub fn ownership(uid: &str, deleting: bool, sets: &[Candidate]) -> (Vec<String>, Vec<String>) {
+    let mut adopt = Vec::new();
+    let mut release = Vec::new();
+    for c in sets.iter().filter(|c| !c.deleting) {
+        match c.controller_uid.as_deref() {
+            None if c.matches && !deleting => adopt.push(c.name.clone()),
+            Some(u) if u == uid && !c.matches => release.push(c.name.clone()),
+            _ => {}
+        }
+    }
+    (adopt, release)
+}
+
 fn set_condition(conds: &mut Vec<Condition>, mut c: Condition) {
     if let Some(cur) = conds.iter().find(|x| x.type_ == c.type_) {
         if cur.status == c.status && cur.reason == c.reason && cur.message == c.message {
@@ -303,7 +332,7 @@ pub fn plan(d: &Deployment, rss: &[Rs], now: DateTime<Utc>) -> Plan {
                 for r in old.iter().filter(|r| r.replicas > 0) {
                     out.scale.push((r.name.clone(), 0));
                 }
-                if old_spec == 0 && old_running == 0 {
+                if old_spec == 0 && old_running == 0 && d.old_pods == 0 {
                     match new {
                         None => {
                             out.create = Some(NewRs {
@@ -530,6 +559,7 @@ mod tests {
             hash: "new".into(),
             conditions: Vec::new(),
             last: Counts::default(),
+            old_pods: 0,
             deleting: false,
         }
     }
@@ -547,6 +577,25 @@ mod tests {
             created: Some(t(revision)),
             deleting: false,
         }
+    }
+
+    #[test]
+    fn adopts_matching_orphan_sets_and_releases_strays() {
+        let c = |name: &str, owner: Option<&str>, matches: bool| Candidate {
+            name: name.into(),
+            controller_uid: owner.map(str::to_string),
+            matches,
+            deleting: false,
+        };
+        let sets = [
+            c("orphan", None, true),
+            c("unrelated", None, false),
+            c("mine", Some("d"), true),
+            c("relabelled", Some("d"), false),
+            c("theirs", Some("x"), true),
+        ];
+        assert_eq!(ownership("d", false, &sets), (vec!["orphan".to_string()], vec!["relabelled".to_string()]));
+        assert_eq!(ownership("d", true, &sets).0, Vec::<String>::new());
     }
 
     #[test]
@@ -652,7 +701,12 @@ mod tests {
         draining.status_replicas = 2;
         let p = plan(&d, &[draining, rs("web-new", true, 0, 0, 2)], t(1));
         assert!(p.scale.is_empty() && p.create.is_none());
+        // The old set reports no pods, but one is still terminating: wait for it too.
+        d.old_pods = 1;
         let p = plan(&d, &[rs("web-old", false, 0, 0, 1), rs("web-new", true, 0, 0, 2)], t(2));
+        assert!(p.scale.is_empty());
+        d.old_pods = 0;
+        let p = plan(&d, &[rs("web-old", false, 0, 0, 1), rs("web-new", true, 0, 0, 2)], t(3));
         assert_eq!(p.scale, vec![("web-new".to_string(), 3)]);
     }
 

@@ -155,7 +155,7 @@ pub fn plan(set: &Set, pods: &[Pod], expectations_met: bool, now: DateTime<Utc>)
         } else if have > set.replicas {
             let surplus = (have - set.replicas).min(BURST);
             let mut order = active.clone();
-            order.sort_by(|a, b| deletion_order(a, b, now));
+            order.sort_by(|a, b| deletion_order(a, b));
             out.delete = order.iter().take(surplus).map(|p| p.name.clone()).collect();
         }
     }
@@ -188,8 +188,7 @@ fn count(n: usize) -> i32 {
 /// Upstream's order for choosing which pods to delete first: unscheduled before scheduled,
 /// pending before unknown before running, not ready before ready, ready for less time before
 /// ready for longer, more restarts before fewer, newer before older.
-pub fn deletion_order(a: &Pod, b: &Pod, now: DateTime<Utc>) -> std::cmp::Ordering {
-    let _ = now;
+pub fn deletion_order(a: &Pod, b: &Pod) -> std::cmp::Ordering {
     let phase_rank = |p: &Pod| match p.phase.as_str() {
         "Pending" => 0,
         "Unknown" => 1,

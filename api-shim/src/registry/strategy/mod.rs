@@ -9,6 +9,7 @@
 
 mod alloc;
 pub mod service;
+pub mod tolerations;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -90,9 +91,15 @@ impl Strategy for Generic {}
 #[derive(Debug)]
 pub struct PodStrategy {
     graceful: GracefulDeadlines,
+    /// The DefaultTolerationSeconds admission's settings ([`tolerations`]).
+    pub(crate) default_tolerations: tolerations::DefaultTolerationSeconds,
 }
 
 impl Strategy for PodStrategy {
+    fn prepare_for_create(&self, obj: &mut Value) {
+        tolerations::admit(obj, self.default_tolerations);
+    }
+
     fn ready_to_delete(&self, obj: &Value) -> bool {
         status_has_terminal_phase(obj) || obj.pointer("/spec/nodeName").is_none()
     }
@@ -194,7 +201,7 @@ impl Strategies {
     pub fn new(service_cidr: ipnet::Ipv4Net, graceful: GracefulDeadlines) -> Self {
         Strategies {
             service: ServiceStrategy::new(service_cidr),
-            pod: PodStrategy { graceful },
+            pod: PodStrategy { graceful, default_tolerations: Default::default() },
             namespace: NamespaceStrategy,
             job: JobStrategy,
             rbac: RbacStrategy,
