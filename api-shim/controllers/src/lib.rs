@@ -11,10 +11,12 @@
 //! [`gc`] (ownerReferences: background, foreground and orphan propagation) and [`namespace`]
 //! (namespace content cleanup and finalization), [`replicaset`] (ReplicaSets and
 //! ReplicationControllers), [`deployment`] (rollouts over ReplicaSets), [`nodelifecycle`]
-//! (Lease expiry → Unknown, NoExecute taints, taint-based eviction) and [`nodeipam`] (a pod CIDR
+//! (Lease expiry → Unknown, NoExecute taints, taint-based eviction), [`nodeipam`] (a pod CIDR
 //! per node), [`endpointslice`] (with its mirroring controller) and [`endpoints`],
-//! [`serviceaccount`] and [`rootca`] (per-namespace defaults) and [`job`]. [`run`] starts the enabled set; which one runs is chosen with upstream's
-//! `--controllers` syntax ([`Selection`]). With [`Opts::leader`] set, the set runs only while this
+//! [`serviceaccount`] and [`rootca`] (per-namespace defaults), [`job`], and the [`scheduler`]
+//! (kube-scheduler's default profile: filters, scores, binding, the `Unschedulable` condition).
+//! [`run`] starts the enabled set; which one runs is chosen with upstream's `--controllers`
+//! syntax ([`Selection`]). With [`Opts::leader`] set, the set runs only while this
 //! process holds the `kube-system/kube-controller-manager` Lease ([`leader`]), so several API
 //! servers on one etcd have one active set; losing the Lease stops (drops) every controller task
 //! at once.
@@ -34,6 +36,7 @@ pub mod object;
 pub mod replicaset;
 pub mod rootca;
 pub mod serviceaccount;
+pub mod scheduler;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +60,7 @@ pub const CONTROLLERS: &[&str] = &[
     "serviceaccount",
     "root-ca-cert-publisher",
     "job",
+    "scheduler",
 ];
 
 /// Short names accepted for convenience.
@@ -216,6 +220,7 @@ async fn run_set(client: Client, opts: Opts) -> Result<(), Error> {
                     "serviceaccount" => serviceaccount::run(client.clone()).await,
                     "job" => job::run(client.clone(), opts.job.clone()).await,
                     "root-ca-cert-publisher" => rootca::run(client.clone(), opts.root_ca.clone()).await,
+                    "scheduler" => scheduler::run(client.clone()).await,
                     _ => Ok(()),
                 };
                 if let Err(e) = r {
@@ -245,6 +250,7 @@ mod tests {
         assert_eq!(p(&["-garbagecollector", "*"], none).unwrap(), CONTROLLERS[1..].to_vec());
         assert!(!p(&["-garbagecollector", "*", "-nodeipam"], none).unwrap().contains(&"nodeipam"));
         assert_eq!(p(&["endpoints"], none).unwrap(), vec!["endpoint"]);
+        assert!(!p(&["*"], &["scheduler"]).unwrap().contains(&"scheduler"));
         assert_eq!(p(none, none).unwrap(), Vec::<&str>::new());
         assert!(matches!(p(&["*", "-nope"], none), Err(Error::UnknownController(n)) if n == "nope"));
         assert!(Selection::parse(&["*"], none).unwrap().is_enabled("gc"));
