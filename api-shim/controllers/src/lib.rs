@@ -35,8 +35,8 @@ pub mod nodelifecycle;
 pub mod object;
 pub mod replicaset;
 pub mod rootca;
-pub mod serviceaccount;
 pub mod scheduler;
+pub mod serviceaccount;
 
 use std::sync::Arc;
 use std::time::Duration;
