@@ -1,13 +1,15 @@
-//! `cargo xtask up` / `cargo xtask down`: a one-node keelson on this machine.
+//! `cargo xtask up` / `cargo xtask down`: a one-node keelson cluster on this machine.
 //!
-//! `up` builds the agent and the images, starts a private containerd and the agent inside a node
-//! network namespace (`keelson-up`, so the host's own routes, bridges and nft tables are never
-//! touched), drops a demo static pod (busybox httpd) into the manifest directory, waits for it to be
-//! Ready and fetches its page over the pod network. Everything keeps running in the background
-//! until `cargo xtask down`, which stops only the processes `up` started (by PID) and removes what
-//! they created. State lives under `target/keelson-up/`. `up` also starts `keelson-apiserver` on
-//! 127.0.0.1:6443 (embedded store) and shows `kubectl get ns` through its admin kubeconfig; the
-//! agent does not register with it yet (that is the node-registration work).
+//! `up` builds the binaries and the images, starts a private containerd, `keelson-apiserver` on
+//! 127.0.0.1:6443 (embedded store, with the in-process controllers and scheduler), and the agent
+//! inside a node network namespace (`keelson-up`, so the host's own routes, bridges and nft tables
+//! are never touched). The agent joins the API server as `kubeadm join` does: a bootstrap token from
+//! `keelson-apiserver token create`, the CA pinned by its hash, a CSR for `system:node:keelson-up`.
+//! The node netns reaches the host's loopback API through a `socat` pair over a unix socket. `up`
+//! then shows the node Ready, a static pod (mirrored into the API) and a pod created with kubectl,
+//! placed by the scheduler, Ready and answering on its pod IP. Everything keeps running in the
+//! background until `cargo xtask down`, which stops only the processes `up` started (by PID) and
+//! removes what they created. State lives under `target/keelson-up/`.
 
 use crate::util::{cargo, sh, target_dir};
 use anyhow::{Context, bail};
@@ -20,6 +22,8 @@ const NETNS: &str = "keelson-up";
 const NAMESPACE: &str = "keelson-up";
 const CGROUP_ROOT: &str = "keelson-up";
 const API_LISTEN: &str = "127.0.0.1:6443";
+/// The node's name (its Node object, its certificate's `system:node:<name>`).
+const NODE: &str = "keelson-up";
 
 /// kubectl: the one on PATH, else the newest preinstalled Google Cloud SDK one.
 fn kubectl() -> PathBuf {
@@ -39,6 +43,25 @@ pub struct UpArgs {
 fn state_dir() -> PathBuf {
     target_dir().join("keelson-up")
 }
+
+/// The pod `up` creates through the API (no nodeName: the scheduler places it).
+const API_POD: &str = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: hello-api
+  labels: {app: hello-api}
+spec:
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: web
+    image: keelson.local/busybox:latest
+    command: [httpd, -f, -v, -p, "80", -h, /var/www]
+    ports: [{name: http, containerPort: 80}]
+    readinessProbe: {httpGet: {path: /, port: http}, periodSeconds: 2}
+    resources:
+      requests: {cpu: 50m, memory: 16Mi}
+      limits: {cpu: 200m, memory: 64Mi}
+"#;
 
 const DEMO_POD: &str = r#"apiVersion: v1
 kind: Pod
@@ -117,22 +140,76 @@ pub fn run(a: UpArgs) -> anyhow::Result<()> {
     std::fs::write(d.join("cni/net.d/10-keelson.conflist"), serde_json::to_vec_pretty(&conflist)?)?;
     std::fs::write(d.join("manifests/hello.yaml"), DEMO_POD)?;
 
+    // The API server first: the agent joins it.
+    let api = d.join("api");
+    let apiserver = target_dir().join("debug/keelson-apiserver");
+    spawn_bg(
+        Command::new(&apiserver).arg("--data-dir").arg(&api).args(["--listen", API_LISTEN]),
+        &d.join("apiserver.log"),
+        &d.join("apiserver.pid"),
+    )?;
+    let kubeconfig = api.join("admin.kubeconfig");
+    let kc = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+        Ok(Command::new(kubectl()).arg("--kubeconfig").arg(&kubeconfig).args(args).output()?)
+    };
+    wait_until("keelson-apiserver", Duration::from_secs(60), || {
+        kc(&["get", "ns", "kube-system"]).is_ok_and(|o| o.status.success())
+    })
+    .with_context(|| format!("apiserver log: {}", d.join("apiserver.log").display()))?;
+    println!("up: keelson-apiserver running on https://{API_LISTEN} (kubeconfig: {})", kubeconfig.display());
+
+    // The node netns's 127.0.0.1:6443 is the host's, through a unix socket (no host routes).
+    let bridge_sock = d.join("api.sock");
+    let port = API_LISTEN.rsplit(':').next().unwrap_or("6443");
+    spawn_bg(
+        Command::new("socat")
+            .arg(format!("UNIX-LISTEN:{},fork", bridge_sock.display()))
+            .arg(format!("TCP:{API_LISTEN}")),
+        &d.join("bridge-host.log"),
+        &d.join("bridge-host.pid"),
+    )?;
+    wait_until("the API bridge socket", Duration::from_secs(10), || bridge_sock.exists())?;
+    spawn_bg(
+        Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{NETNS}"))
+            .args(["--", "socat"])
+            .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"))
+            .arg(format!("UNIX-CONNECT:{}", bridge_sock.display())),
+        &d.join("bridge-node.log"),
+        &d.join("bridge-node.pid"),
+    )?;
+
+    // A bootstrap token and the CA pin, as `kubeadm token create --print-join-command`.
+    let join = Command::new(&apiserver)
+        .args(["token", "create", "--ttl", "1h", "--print-join-command", "--data-dir"])
+        .arg(&api)
+        .output()?;
+    let join_line = String::from_utf8_lossy(&join.stdout).trim().to_string();
+    if !join.status.success() {
+        bail!("token create failed: {}", String::from_utf8_lossy(&join.stderr));
+    }
+    let words: Vec<&str> = join_line.split_whitespace().collect();
+    let flag = |name: &str| -> anyhow::Result<String> {
+        words
+            .iter()
+            .position(|w| *w == name)
+            .and_then(|i| words.get(i + 1))
+            .map(|s| s.to_string())
+            .with_context(|| format!("no {name} in the join command {join_line:?}"))
+    };
+    let (server, token, ca_hash) = (flag("--server")?, flag("--token")?, flag("--discovery-token-ca-cert-hash")?);
+    println!("up: join command: {}", join_line.replace(&token, "<token>"));
+
     let agent = target_dir().join("debug/keelson-agent");
     let mut cmd = Command::new("nsenter");
     cmd.arg(format!("--net=/var/run/netns/{NETNS}"))
         .arg("--")
         .arg(&agent)
         .arg("run")
-        .args([
-            "--node-name",
-            "keelson-up",
-            "--node-ip",
-            "10.88.0.1",
-            "--namespace",
-            NAMESPACE,
-            "--cgroup-root",
-            CGROUP_ROOT,
-        ])
+        .args(["--node-name", NODE, "--node-ip", "10.88.0.1", "--namespace", NAMESPACE, "--cgroup-root", CGROUP_ROOT])
+        .args(["--server", &server, "--token", &token, "--discovery-token-ca-cert-hash", &ca_hash])
+        .arg("--cert-dir")
+        .arg(d.join("pki"))
         .arg("--containerd-socket")
         .arg(&sock)
         .arg("--run-dir")
@@ -149,60 +226,69 @@ pub fn run(a: UpArgs) -> anyhow::Result<()> {
         .arg(d.join("cni/cache"));
     spawn_bg(&mut cmd, &d.join("agent.log"), &d.join("agent.pid"))?;
     println!("up: keelson-agent running in netns {NETNS} (log: {})", d.join("agent.log").display());
+    let agent_log = || format!("agent log: {}", d.join("agent.log").display());
 
-    let pods = |out: &str| -> anyhow::Result<String> {
-        let o = Command::new(&agent).args(["pods", "-o", out, "--run-dir"]).arg(d.join("run")).output()?;
-        Ok(String::from_utf8_lossy(&o.stdout).to_string())
-    };
-    let mut ip = String::new();
-    wait_until("the demo pod to be Ready", Duration::from_secs(120), || {
-        let Ok(body) = pods("json") else { return false };
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        let Some(p) = v["items"].as_array().and_then(|a| a.first()).cloned() else { return false };
+    let mut nodes = String::new();
+    wait_until("the node to be Ready in the API", Duration::from_secs(120), || {
+        let Ok(o) = kc(&["get", "node", NODE, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"])
+        else {
+            return false;
+        };
+        String::from_utf8_lossy(&o.stdout).trim() == "True"
+    })
+    .with_context(agent_log)?;
+    if let Ok(o) = kc(&["get", "nodes", "-o", "wide"]) {
+        nodes = String::from_utf8_lossy(&o.stdout).to_string();
+    }
+    println!("\nup: kubectl get nodes -o wide\n{nodes}");
+
+    let api_pod = d.join("hello-api.yaml");
+    std::fs::write(&api_pod, API_POD)?;
+    let o = kc(&["apply", "-f", api_pod.to_str().unwrap_or_default()])?;
+    if !o.status.success() {
+        bail!("kubectl apply of the demo pod failed: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let ready_ip = |name: &str| -> Option<String> {
+        let o = kc(&["get", "pod", name, "-o", "json"]).ok()?;
+        let p: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
         let ready = p["status"]["conditions"]
             .as_array()
             .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
-        ip = p["status"]["podIP"].as_str().unwrap_or_default().to_string();
-        ready && !ip.is_empty()
+        let ip = p["status"]["podIP"].as_str().unwrap_or_default().to_string();
+        (ready && !ip.is_empty()).then_some(ip)
+    };
+    let mirror = format!("hello-{NODE}");
+    let (mut api_ip, mut static_ip) = (String::new(), String::new());
+    wait_until("both demo pods to be Ready in the API", Duration::from_secs(180), || {
+        match (ready_ip("hello-api"), ready_ip(&mirror)) {
+            (Some(a), Some(s)) => {
+                (api_ip, static_ip) = (a, s);
+                true
+            }
+            _ => false,
+        }
     })
-    .with_context(|| format!("agent log: {}", d.join("agent.log").display()))?;
-    print!("{}", pods("wide")?);
-    let page = Command::new("nsenter")
-        .arg(format!("--net=/var/run/netns/{NETNS}"))
-        .args(["sh", "-c", &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc {ip} 80")])
-        .output()?;
-    let page = String::from_utf8_lossy(&page.stdout).to_string();
-    if !page.contains("hello from a keelson pod") {
-        bail!("the demo pod did not answer on {ip}:80: {page:?}");
+    .with_context(agent_log)?;
+    if let Ok(o) = kc(&["get", "pods", "-o", "wide"]) {
+        println!("up: kubectl get pods -o wide\n{}", String::from_utf8_lossy(&o.stdout));
     }
-    println!("\nup: GET http://{ip}/ from the node answered:\n{}", page.lines().last().unwrap_or_default());
-
-    let api = d.join("api");
-    spawn_bg(
-        Command::new(target_dir().join("debug/keelson-apiserver"))
-            .arg("--data-dir")
-            .arg(&api)
-            .args(["--listen", API_LISTEN]),
-        &d.join("apiserver.log"),
-        &d.join("apiserver.pid"),
-    )?;
-    let kubeconfig = api.join("admin.kubeconfig");
-    let mut ns_out = String::new();
-    wait_until("keelson-apiserver", Duration::from_secs(60), || {
-        let Ok(o) = Command::new(kubectl()).arg("--kubeconfig").arg(&kubeconfig).args(["get", "ns"]).output() else {
-            return false;
-        };
-        ns_out = String::from_utf8_lossy(&o.stdout).to_string();
-        o.status.success() && ns_out.contains("kube-system")
-    })
-    .with_context(|| format!("apiserver log: {}", d.join("apiserver.log").display()))?;
-    println!("\nup: kubectl --kubeconfig {} get ns\n{ns_out}", kubeconfig.display());
+    for (what, ip) in [("the pod created through the API", &api_ip), ("the static pod", &static_ip)] {
+        let page = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{NETNS}"))
+            .args(["sh", "-c", &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc {ip} 80")])
+            .output()?;
+        let page = String::from_utf8_lossy(&page.stdout).to_string();
+        if !page.contains("hello from a keelson pod") {
+            bail!("{what} did not answer on {ip}:80: {page:?}");
+        }
+        println!("up: GET http://{ip}/ ({what}) from the node answered: {}", page.lines().last().unwrap_or_default());
+    }
     println!(
-        "up: keelson is running.\n  pods:    {} pods --run-dir {}\n  logs:    {}\n  network: ip netns exec {NETNS} ip addr\n  API:     kubectl --kubeconfig {} get ns\n  stop:    cargo xtask down",
+        "\nup: keelson is running.\n  kubectl: kubectl --kubeconfig {} get nodes,pods -A\n  agent:   {} pods --run-dir {}\n  logs:    {}\n  network: ip netns exec {NETNS} ip addr\n  stop:    cargo xtask down",
+        kubeconfig.display(),
         agent.display(),
         d.join("run").display(),
         d.join("logs").display(),
-        kubeconfig.display()
     );
     if a.check {
         down()?;
@@ -246,6 +332,8 @@ pub fn down() -> anyhow::Result<()> {
     }
     kill_pidfile(&d.join("agent.pid"), libc::SIGTERM, Duration::from_secs(5));
     kill_pidfile(&d.join("apiserver.pid"), libc::SIGTERM, Duration::from_secs(5));
+    kill_pidfile(&d.join("bridge-node.pid"), libc::SIGTERM, Duration::from_secs(2));
+    kill_pidfile(&d.join("bridge-host.pid"), libc::SIGTERM, Duration::from_secs(2));
     let sock = d.join("containerd/containerd.sock");
     if sock.exists() {
         let ctr = |args: &[&str]| -> Vec<String> {
