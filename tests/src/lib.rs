@@ -89,3 +89,23 @@ pub fn target_dir() -> std::path::PathBuf {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"))
 }
+
+/// Polls `f` every 100 ms until it says `Ok(true)`; panics after `timeout` with `what` and the
+/// last error `f` returned. For control-plane tests that wait on controllers through the API.
+pub async fn eventually<F, Fut>(what: &str, timeout: std::time::Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, String>>,
+{
+    let end = std::time::Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        match f().await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => last = e,
+        }
+        assert!(std::time::Instant::now() < end, "timed out after {timeout:?} waiting for {what}: {last}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

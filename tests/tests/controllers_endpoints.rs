@@ -8,33 +8,15 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use keelson_tests::api::ApiServer;
+use keelson_tests::eventually;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<bool, String>>,
-{
-    let end = Instant::now() + timeout;
-    let mut last = String::new();
-    loop {
-        match f().await {
-            Ok(true) => return,
-            Ok(false) => {}
-            Err(e) => last = e,
-        }
-        assert!(Instant::now() < end, "timed out after {timeout:?} waiting for {what}: {last}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 async fn namespace(client: &Client, name: &str) {
     let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());

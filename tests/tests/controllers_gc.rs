@@ -5,11 +5,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use keelson_tests::api::ApiServer;
+use keelson_tests::eventually;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
@@ -17,24 +17,6 @@ use serde_json::{Value, json};
 const KUBECTL: &str = "1.33";
 /// A finalizer of the test's own: it holds an object in Terminating until the test lets go.
 const HOLD: &str = "keelson.test/hold";
-
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<bool, String>>,
-{
-    let end = Instant::now() + timeout;
-    let mut last = String::new();
-    loop {
-        match f().await {
-            Ok(true) => return,
-            Ok(false) => {}
-            Err(e) => last = e,
-        }
-        assert!(Instant::now() < end, "timed out after {timeout:?} waiting for {what} {last}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn owner_ref(owner: &ConfigMap, block: bool) -> Value {
     json!({"apiVersion": "v1", "kind": "ConfigMap", "name": owner.name_any(), "uid": owner.uid().unwrap(),

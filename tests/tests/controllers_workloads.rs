@@ -12,14 +12,14 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, ReplicationController};
 use keelson_tests::api::ApiServer;
+use keelson_tests::eventually;
 use keelson_tests::hollow::{HollowNodes, HollowOpts};
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::watcher;
@@ -27,24 +27,6 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
 const NODE: &str = "hollow-workloads-0";
-
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<bool, String>>,
-{
-    let end = Instant::now() + timeout;
-    let mut last = String::new();
-    loop {
-        match f().await {
-            Ok(true) => return,
-            Ok(false) => {}
-            Err(e) => last = e,
-        }
-        assert!(Instant::now() < end, "timed out after {timeout:?} waiting for {what} {last}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// A hollow node (the shared fixture: Lease, pods Running/Ready, graceful deletes finished) and,
 /// until the scheduler is on main, a stand-in for it that binds the unscheduled pods of `ns` to

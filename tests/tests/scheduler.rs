@@ -7,33 +7,15 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Taint};
 use keelson_tests::api::ApiServer;
+use keelson_tests::eventually;
 use keelson_tests::hollow::{HollowNodes, HollowOpts};
 use kube::Client;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
-
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<bool, String>>,
-{
-    let end = Instant::now() + timeout;
-    let mut last = String::new();
-    loop {
-        match f().await {
-            Ok(true) => return,
-            Ok(false) => {}
-            Err(e) => last = e,
-        }
-        assert!(Instant::now() < end, "timed out after {timeout:?} waiting for {what} {last}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn opts(cpu: &str, labels: &[(&str, &str)], taints: Value) -> HollowOpts {
     HollowOpts {
